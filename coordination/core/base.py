@@ -1,0 +1,91 @@
+"""What every public class of the core shares: the client, the key space, limits, script calls."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from .connection import UNAVAILABLE_ERRORS, resolve_url, shared_client, unavailable
+from .errors import CoordinationError
+from .events import DEFAULT_MAX_PAYLOAD_BYTES
+from .keys import Keyspace, validate_session_id
+from .scripts import Script
+
+DEFAULT_STREAM_MAXLEN = 10_000
+DEFAULT_FEED_MAXLEN = 100_000
+DEFAULT_RETENTION = timedelta(days=7)
+DEFAULT_CLAIM_TTL = 30.0
+
+
+class RedisBacked:
+    """Holds a Redis client (given, or shared per URL and event loop) and a ``Keyspace``."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        client: aioredis.Redis | None = None,
+        namespace: str = "coord",
+        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+        feed_maxlen: int = DEFAULT_FEED_MAXLEN,
+        retention: timedelta | float = DEFAULT_RETENTION,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self.redis_url = resolve_url(redis_url) if client is None else redis_url
+        self._client = client
+        self.keys = Keyspace(namespace)
+        self.namespace = namespace
+        if stream_maxlen < 1 or feed_maxlen < 1:
+            raise ValueError("stream_maxlen and feed_maxlen must be positive")
+        self.stream_maxlen = int(stream_maxlen)
+        self.feed_maxlen = int(feed_maxlen)
+        seconds = retention.total_seconds() if isinstance(retention, timedelta) else retention
+        if seconds <= 0:
+            raise ValueError("retention must be positive")
+        self.retention_ms = int(seconds * 1000)
+        self.max_payload_bytes = int(max_payload_bytes)
+        self._global_keys = self.keys.global_keys()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client; shared pools are per event loop, so this is resolved on each use."""
+        if self._client is not None:
+            return self._client
+        return shared_client(self.redis_url)
+
+    async def aclose(self) -> None:
+        """Release this object's resources. A shared pool stays open for other users."""
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _script_keys(self, session_id: str) -> list[str]:
+        return [*self.keys.session(session_id).all(), *self._global_keys]
+
+    def _script_args(self, session_id: str, *args: Any) -> list[Any]:
+        return [session_id, self.stream_maxlen, self.feed_maxlen, self.retention_ms, *args]
+
+    async def _run(self, script: Script, session_id: str, *args: Any) -> Any:
+        validate_session_id(session_id)
+        client = self.redis
+        try:
+            return await script(
+                client, self._script_keys(session_id), self._script_args(session_id, *args)
+            )
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(client, exc) from None
+        except ResponseError as exc:
+            raise CoordinationError(f"Redis refused the {script.name} script: {exc}") from exc
+
+    async def _call(self, awaitable):
+        """Await a plain Redis command, turning connection failures into ``RedisUnavailable``."""
+        try:
+            return await awaitable
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(self.redis, exc) from None

@@ -1,0 +1,345 @@
+"""``AgentCoordinator``: one session's events, shared state, escalation and human control."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+from .base import DEFAULT_CLAIM_TTL, RedisBacked
+from .errors import (
+    InvalidCursor,
+    NotHumanControlled,
+    NotOwner,
+    PayloadNotJSON,
+    ReservedEventType,
+    SessionClosed,
+    SessionTakenOver,
+    VersionConflict,
+)
+from .events import RESERVED_TYPES, Event, EventType, encode_json, encode_payload, event_from_fields
+from .keys import validate_agent_id, validate_session_id
+from .scripts import (
+    clear_session_script,
+    handback_script,
+    publish_script,
+    takeover_script,
+    update_state_script,
+)
+
+_EVENT_ID = re.compile(r"^\d+(-\d+)?$")
+_MISSING = object()
+SUBSCRIBE_BATCH = 200
+# Blocking reads wait at most this long per round trip, so a dead server is noticed.
+MAX_BLOCK_SECONDS = 5.0
+
+
+def validate_event_id(event_id: str, what: str = "event id") -> str:
+    if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
+        raise InvalidCursor(f"{what} {event_id!r} is not a stream id like '1700000000000-0'")
+    return event_id
+
+
+class AgentCoordinator(RedisBacked):
+    """Publish and read one session's events, keep its shared state, and hand it to humans.
+
+    ``AgentCoordinator(session_id, redis_url=None)`` connects lazily; ``source`` names the
+    agent publishing through it and is stored with every event it writes.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        redis_url: str | None = None,
+        *,
+        source: str | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(redis_url, **options)
+        self.session_id = validate_session_id(session_id)
+        self.source = validate_agent_id(source, "source") if source is not None else None
+        self._keys = self.keys.session(self.session_id)
+
+    def __repr__(self) -> str:
+        return f"AgentCoordinator(session_id={self.session_id!r}, namespace={self.namespace!r})"
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        event_type: EventType | str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        source: str | None = None,
+    ) -> Event:
+        """Append an event to the session; listeners receive it, late ones included."""
+        etype = EventType.coerce(event_type)
+        if etype in RESERVED_TYPES:
+            raise ReservedEventType(
+                f"{etype.value} events are published by the operation that makes the change "
+                "(claim_handoff, release_handoff, reassign_handoff, take_over, hand_back, set_state)"
+            )
+        return await self._publish(etype, data, source, strict_close=False)
+
+    async def _publish(
+        self,
+        etype: EventType,
+        data: Mapping[str, Any] | None,
+        source: str | None,
+        strict_close: bool,
+    ) -> Event:
+        payload = dict(data) if data is not None else {}
+        text = encode_payload(payload, self.max_payload_bytes)
+        src = validate_agent_id(source, "source") if source is not None else (self.source or "")
+        presence_id, presence = "", ""
+        if etype is EventType.AGENT_READY:
+            presence_id, presence = self._presence(payload, src)
+        result = await self._run(
+            publish_script,
+            self.session_id,
+            etype.value,
+            text,
+            src,
+            presence_id,
+            presence,
+            "1" if strict_close else "0",
+        )
+        if result[0] == 0:
+            raise SessionClosed(self.session_id)
+        entry_id = result[1]
+        return Event(
+            id=entry_id,
+            type=etype,
+            data=payload,
+            session_id=self.session_id,
+            timestamp=int(entry_id.split("-", 1)[0]) / 1000.0,
+            source=src or None,
+        )
+
+    def _presence(self, payload: dict[str, Any], source: str) -> tuple[str, str]:
+        agent_id = payload.get("agent_id") or source
+        if not agent_id:
+            return "", ""
+        agent_id = validate_agent_id(str(agent_id))
+        record = {
+            "agent_id": agent_id,
+            "capabilities": payload.get("capabilities") or [],
+            "load": payload.get("load"),
+            "session_id": self.session_id,
+            "ready_ms": int(time.time() * 1000),
+        }
+        return agent_id, json.dumps(record, separators=(",", ":"))
+
+    async def events(
+        self,
+        *,
+        after: str = "-",
+        limit: int = 100,
+        newest_first: bool = False,
+        before: str | None = None,
+    ) -> list[Event]:
+        """A page of the session's stored events (oldest first unless ``newest_first``)."""
+        limit = max(1, min(int(limit), 1000))
+        if newest_first:
+            start = "+" if before is None else f"({validate_event_id(before, 'before')}"
+            rows = await self._call(
+                self.redis.xrevrange(self._keys.events, start, "-", count=limit)
+            )
+        else:
+            start = "-" if after == "-" else f"({validate_event_id(after, 'after')}"
+            rows = await self._call(self.redis.xrange(self._keys.events, start, "+", count=limit))
+        return [event_from_fields(self.session_id, eid, fields) for eid, fields in rows]
+
+    async def event_count(self) -> int:
+        return await self._call(self.redis.xlen(self._keys.events))
+
+    async def subscribe(
+        self,
+        timeout: float | None = None,
+        *,
+        types: Iterable[EventType | str] | None = None,
+        since: str = "0",
+    ) -> AsyncIterator[Event]:
+        """Yield the session's events: those already published, then live ones, each once.
+
+        ``timeout`` is how many seconds may pass without an event before the iteration ends
+        normally (so a ``for ... else`` runs). ``since`` is an event id to resume after,
+        ``"0"`` for the whole backlog (the default) or ``"$"`` for new events only.
+        """
+        wanted = {EventType.coerce(t) for t in types} if types is not None else None
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be zero or more seconds")
+        cursor = await self._resolve_since(since)
+        client = self.redis
+        loop_clock = time.monotonic
+        last_event_at = loop_clock()
+        while True:
+            if timeout is None:
+                block_ms = int(MAX_BLOCK_SECONDS * 1000)
+            else:
+                remaining = timeout - (loop_clock() - last_event_at)
+                if remaining <= 0:
+                    return
+                block_ms = max(1, int(min(remaining, MAX_BLOCK_SECONDS) * 1000))
+            reply = await self._call(
+                client.xread({self._keys.events: cursor}, count=SUBSCRIBE_BATCH, block=block_ms)
+            )
+            if not reply:
+                continue
+            for entry_id, fields in reply[0][1]:
+                cursor = entry_id
+                event = event_from_fields(self.session_id, entry_id, fields)
+                if wanted is not None and event.type not in wanted:
+                    continue
+                last_event_at = loop_clock()
+                yield event
+
+    async def _resolve_since(self, since: str) -> str:
+        if since == "$":
+            newest = await self._call(self.redis.xrevrange(self._keys.events, "+", "-", count=1))
+            return newest[0][0] if newest else "0-0"
+        return validate_event_id(since, "since")
+
+    # -- shared state ---------------------------------------------------------------------
+
+    async def set_state(
+        self, key: str, value: Any, *, expected_version: int | None = None, by: str | None = None
+    ) -> int:
+        """Set one key of the session's shared state; returns its new version."""
+        versions = await self._update_state({key: value}, {key: expected_version}, by)
+        return versions[key]
+
+    async def update_state(
+        self,
+        mapping: Mapping[str, Any],
+        *,
+        expected_versions: Mapping[str, int] | None = None,
+        by: str | None = None,
+    ) -> dict[str, int]:
+        """Set several keys at once: all are written, or (on a version conflict) none."""
+        return await self._update_state(dict(mapping), dict(expected_versions or {}), by)
+
+    async def delete_state(
+        self, key: str, *, expected_version: int | None = None, by: str | None = None
+    ) -> bool:
+        """Remove a key; returns False when it did not exist."""
+        versions = await self._update_state({key: _MISSING}, {key: expected_version}, by)
+        return key in versions
+
+    async def _update_state(
+        self, mapping: dict[str, Any], expected: dict[str, int | None], by: str | None
+    ) -> dict[str, int]:
+        if not mapping:
+            return {}
+        args: list[Any] = []
+        for key, value in mapping.items():
+            if not isinstance(key, str) or not key:
+                raise PayloadNotJSON(f"state keys must be non-empty strings, not {key!r}")
+            text = (
+                ""
+                if value is _MISSING
+                else encode_json(value, f"state[{key!r}]", self.max_payload_bytes)
+            )
+            version = expected.get(key)
+            if version is not None and (not isinstance(version, int) or version < 0):
+                raise ValueError(f"expected version for {key!r} must be a non-negative int")
+            args += [key, text, "" if version is None else version]
+        src = validate_agent_id(by, "by") if by is not None else (self.source or "")
+        result = await self._run(update_state_script, self.session_id, src, len(mapping), *args)
+        if result[0] == 0:
+            _, key, actual, raw = result
+            current = json.loads(raw) if raw else None
+            raise VersionConflict(self.session_id, key, expected[key], int(actual), current)
+        pairs = result[1:]
+        return {pairs[i]: int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+
+    async def get_state(self, key: str, default: Any = None) -> Any:
+        raw = await self._call(self.redis.hget(self._keys.state, key))
+        return default if raw is None else json.loads(raw)
+
+    async def get_all_state(self) -> dict[str, Any]:
+        raw = await self._call(self.redis.hgetall(self._keys.state))
+        return {k: json.loads(v) for k, v in sorted(raw.items())}
+
+    async def get_state_versions(self) -> dict[str, tuple[Any, int]]:
+        """Every key with its value and version, read in one atomic step (for editors)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._keys.state)
+            pipe.hgetall(self._keys.versions)
+            values, versions = await self._call(pipe.execute())
+        return {k: (json.loads(v), int(versions.get(k, 0))) for k, v in sorted(values.items())}
+
+    # -- escalation and human control -----------------------------------------------------
+
+    async def escalate(
+        self, reason: str, data: Mapping[str, Any] | None = None, *, source: str | None = None
+    ) -> Event:
+        """Ask for a human: the session joins the escalation queue (oldest first)."""
+        payload = {"reason": reason, **(dict(data) if data else {})}
+        return await self._publish(EventType.ESCALATED, payload, source, strict_close=False)
+
+    async def close(self, *, by: str | None = None, reason: str | None = None) -> Event:
+        """Close the session: the claim ends, it leaves the queue. Closing twice is an error."""
+        payload = {"reason": reason, "by": by}
+        return await self._publish(EventType.SESSION_CLOSED, payload, by, strict_close=True)
+
+    async def take_over(self, supervisor: str, *, reason: str | None = None) -> bool:
+        """Make ``supervisor`` the session's controller; agents' claims end and are refused.
+
+        Returns True when this call took control, False when ``supervisor`` already held it.
+        Raises ``SessionTakenOver`` naming the holder when someone else controls the session.
+        """
+        validate_agent_id(supervisor, "supervisor")
+        reason_json = encode_json(reason, "reason", self.max_payload_bytes)
+        code, controller, taken_ms = await self._run(
+            takeover_script, self.session_id, supervisor, reason_json
+        )
+        if code == -1:
+            raise SessionClosed(self.session_id)
+        if code == 0:
+            raise SessionTakenOver(self.session_id, controller, _seconds(taken_ms))
+        return code == 1
+
+    async def hand_back(
+        self,
+        to_agent: str | None = None,
+        *,
+        by: str | None = None,
+        expected_controller: str | None = None,
+        ttl: float = DEFAULT_CLAIM_TTL,
+    ) -> bool:
+        """End human control; the session goes to ``to_agent`` (claimed for it) or the queue."""
+        if to_agent is not None:
+            validate_agent_id(to_agent)
+        expect = "0" if expected_controller is None else "1" + expected_controller
+        result = await self._run(
+            handback_script,
+            self.session_id,
+            to_agent or "",
+            int(ttl * 1000),
+            by or "",
+            expect,
+        )
+        if result[0] == 0:
+            if result[1] == "not_human":
+                raise NotHumanControlled(self.session_id)
+            raise NotOwner(self.session_id, expected_controller or "", result[2])
+        return True
+
+    async def controller(self) -> str | None:
+        """The human controlling the session, or None."""
+        value = await self._call(self.redis.hget(self._keys.meta, "controller"))
+        return value or None
+
+    async def is_human_controlled(self) -> bool:
+        return await self.controller() is not None
+
+    async def clear(self) -> None:
+        """Remove the session's events, state, claim and index entries in one atomic step."""
+        await self._run(clear_session_script, self.session_id)
+
+
+def _seconds(ms: str | int | None) -> float | None:
+    return int(ms) / 1000.0 if ms not in (None, "") else None

@@ -1,0 +1,358 @@
+"""``SessionIndex``: what the dashboard reads. Every list costs O(log N + page) round-trip work."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import RedisBacked
+from .coordinator import validate_event_id
+from .errors import InvalidCursor
+from .events import Event, encode_json, event_from_fields
+from .keys import STATUSES, validate_agent_id, validate_session_id
+from .scripts import clear_session_script, heartbeat_script
+
+MAX_PAGE = 200
+DEFAULT_STALE_AFTER = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """One session as the index knows it: status, owner, controller, last event."""
+
+    session_id: str
+    status: str
+    owner: str | None
+    controller: str | None
+    last_event_id: str | None
+    last_event_type: str | None
+    last_activity: float | None
+    created: float | None
+    taken_at: float | None = None
+    escalated_at: float | None = None
+    claim_agent: str | None = None
+    claim_token: int | None = None
+    claim_expires_at: float | None = None
+    fence: int = 0
+
+    @property
+    def is_human_controlled(self) -> bool:
+        return self.controller is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    sessions: list[SessionSummary]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPresence:
+    agent_id: str
+    capabilities: list[str]
+    load: Any
+    last_seen: float
+    sessions_held: int
+    stale: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """An event as read from the global feed: ``feed_id`` orders all sessions' events."""
+
+    feed_id: str
+    event: Event
+
+
+def _ms(value: str | None) -> float | None:
+    return int(value) / 1000.0 if value else None
+
+
+def _summary(session_id: str, meta: dict[str, str], claim: dict[str, str]) -> SessionSummary:
+    return SessionSummary(
+        session_id=session_id,
+        status=meta.get("status") or "active",
+        owner=meta.get("owner") or None,
+        controller=meta.get("controller") or None,
+        last_event_id=meta.get("last_id") or None,
+        last_event_type=meta.get("last_type") or None,
+        last_activity=_ms(meta.get("last_ms")),
+        created=_ms(meta.get("created")),
+        taken_at=_ms(meta.get("taken_ms")),
+        escalated_at=_ms(meta.get("escalated_ms")),
+        claim_agent=claim.get("agent"),
+        claim_token=int(claim["token"]) if claim.get("token") else None,
+        claim_expires_at=_ms(claim.get("expires")),
+        fence=int(meta.get("fence") or 0),
+    )
+
+
+def _encode_cursor(score: float, member: str) -> str:
+    return json.dumps([score, member], separators=(",", ":"))
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        score, member = json.loads(cursor)
+        return float(score), str(member)
+    except (ValueError, TypeError) as exc:
+        raise InvalidCursor(f"cursor {cursor[:60]!r} is not one this index issued") from exc
+
+
+class SessionIndex(RedisBacked):
+    """Read side of the core: sessions by activity, status counts, escalations, agents, feed."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        **options: Any,
+    ) -> None:
+        super().__init__(redis_url, **options)
+        self.stale_after = stale_after
+
+    async def get_session(self, session_id: str) -> SessionSummary | None:
+        """The session's summary, or None if it has no events (unknown or expired)."""
+        validate_session_id(session_id)
+        keys = self.keys.session(session_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.meta)
+            pipe.hgetall(keys.claim)
+            meta, claim = await self._call(pipe.execute())
+        if not meta:
+            return None
+        return _summary(session_id, meta, claim)
+
+    async def _summaries(self, session_ids: list[str]) -> list[SessionSummary]:
+        if not session_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in session_ids:
+                keys = self.keys.session(sid)
+                pipe.hgetall(keys.meta)
+                pipe.hgetall(keys.claim)
+            replies = await self._call(pipe.execute())
+        rows = []
+        for i, sid in enumerate(session_ids):
+            meta, claim = replies[2 * i], replies[2 * i + 1]
+            if meta:  # expired sessions linger in the index until pruned; never show them
+                rows.append(_summary(sid, meta, claim))
+        return rows
+
+    async def list_sessions(
+        self,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        *,
+        owner: str | None = None,
+        prefix: str | None = None,
+    ) -> SessionPage:
+        """Sessions, most recently active first (by name when searching by ``prefix``)."""
+        limit = max(1, min(int(limit), MAX_PAGE))
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+        if prefix:
+            return await self._by_prefix(prefix, cursor, limit, status, owner)
+        if owner:
+            return await self._by_owner(owner, cursor, limit, status)
+        key = self.keys.status[status] if status else self.keys.activity
+        ids, next_cursor = await self._page_by_score(key, cursor, limit)
+        return SessionPage(await self._summaries(ids), next_cursor)
+
+    async def _page_by_score(
+        self, key: str, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        client = self.redis
+        if cursor is None:
+            rows = await self._call(client.zrange(key, 0, limit, desc=True, withscores=True))
+        else:
+            score, member = _decode_cursor(cursor)
+            rows, offset = [], 0
+            # Members sharing the cursor's score sort by name; skip those already shown.
+            while len(rows) <= limit:
+                batch = await self._call(
+                    client.zrange(
+                        key,
+                        score,
+                        "-inf",
+                        desc=True,
+                        byscore=True,
+                        offset=offset,
+                        num=limit + 1,
+                        withscores=True,
+                    )
+                )
+                if not batch:
+                    break
+                offset += len(batch)
+                rows += [(m, s) for m, s in batch if s < score or m < member]
+        page, more = rows[:limit], len(rows) > limit
+        ids = [m for m, _ in page]
+        return ids, (_encode_cursor(page[-1][1], page[-1][0]) if more and page else None)
+
+    async def _by_owner(
+        self, owner: str, cursor: str | None, limit: int, status: str | None
+    ) -> SessionPage:
+        validate_agent_id(owner, "owner")
+        # An owner holds few sessions at once, so sort that small set by activity here.
+        members = await self._call(
+            self.redis.zrangebylex(
+                self.keys.owners, f"[{owner}\0", f"({owner}\x01", start=0, num=1000
+            )
+        )
+        ids = [m.split("\0", 1)[1] for m in members]
+        rows = sorted(
+            await self._summaries(ids),
+            key=lambda s: (s.last_activity or 0, s.session_id),
+            reverse=True,
+        )
+        if status:
+            rows = [r for r in rows if r.status == status]
+        if cursor is not None:
+            score, member = _decode_cursor(cursor)
+            rows = [r for r in rows if ((r.last_activity or 0), r.session_id) < (score, member)]
+        page = rows[:limit]
+        more = len(rows) > limit
+        return SessionPage(
+            page, _encode_cursor(page[-1].last_activity or 0, page[-1].session_id) if more else None
+        )
+
+    async def _by_prefix(
+        self, prefix: str, cursor: str | None, limit: int, status: str | None, owner: str | None
+    ) -> SessionPage:
+        start = f"({cursor}" if cursor else f"[{prefix}"
+        rows: list[SessionSummary] = []
+        more = False
+        # Filters are applied to name-ordered batches; a few batches fill a page in practice.
+        for _ in range(10):
+            names = await self._call(
+                self.redis.zrangebylex(
+                    self.keys.names, start, f"[{prefix}\U0010ffff", start=0, num=limit + 1
+                )
+            )
+            if not names:
+                break
+            summaries = await self._summaries(names[:limit] if len(names) > limit else names)
+            for s in summaries:
+                if (status is None or s.status == status) and (owner is None or s.owner == owner):
+                    rows.append(s)
+            more = len(names) > limit
+            start = f"({names[min(len(names), limit) - 1]}"
+            if len(rows) >= limit or not more:
+                break
+        page = rows[:limit]
+        next_cursor = page[-1].session_id if (more or len(rows) > limit) and page else None
+        return SessionPage(page, next_cursor)
+
+    async def counts_by_status(self) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for s in STATUSES:
+                pipe.zcard(self.keys.status[s])
+            counts = await self._call(pipe.execute())
+        return dict(zip(STATUSES, counts, strict=True))
+
+    async def escalation_queue(self, limit: int = 50) -> list[SessionSummary]:
+        """Escalated sessions, the longest waiting first."""
+        ids = await self._call(
+            self.redis.zrange(self.keys.escalations, 0, max(1, min(limit, MAX_PAGE)) - 1)
+        )
+        return await self._summaries(ids)
+
+    async def escalation_count(self) -> int:
+        return await self._call(self.redis.zcard(self.keys.escalations))
+
+    async def events_per_minute(self) -> int:
+        """Events in the last 60 seconds, interpolated from per-minute counters."""
+        now_ms = int(time.time() * 1000)
+        minute = now_ms // 60000
+        current, previous = await self._call(
+            self.redis.hmget(self.keys.stats, [str(minute), str(minute - 1)])
+        )
+        elapsed = (now_ms % 60000) / 60000
+        return int(int(current or 0) + int(previous or 0) * (1 - elapsed))
+
+    async def agents(self, limit: int = 100) -> list[AgentPresence]:
+        """Agents by last sign of life (AGENT_READY or heartbeat), most recent first."""
+        client = self.redis
+        seen = await self._call(
+            client.zrange(
+                self.keys.agents_seen, 0, max(1, min(limit, 1000)) - 1, desc=True, withscores=True
+            )
+        )
+        if not seen:
+            return []
+        ids = [a for a, _ in seen]
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.agents, ids)
+            for agent_id in ids:
+                pipe.zlexcount(self.keys.owners, f"[{agent_id}\0", f"({agent_id}\x01")
+            replies = await self._call(pipe.execute())
+        records, held = replies[0], replies[1:]
+        now = time.time()
+        result = []
+        for (agent_id, score), raw, count in zip(seen, records, held, strict=True):
+            record = json.loads(raw) if raw else {}
+            last_seen = score / 1000.0
+            result.append(
+                AgentPresence(
+                    agent_id=agent_id,
+                    capabilities=list(record.get("capabilities") or []),
+                    load=record.get("load"),
+                    last_seen=last_seen,
+                    sessions_held=count,
+                    stale=now - last_seen > self.stale_after,
+                    extra=record,
+                )
+            )
+        return result
+
+    async def heartbeat(self, agent_id: str, *, load: float | None = None) -> None:
+        """Record that ``agent_id`` is alive (and its load) without writing an event."""
+        validate_agent_id(agent_id)
+        load_json = "" if load is None else encode_json(load, "load")
+        await self._call(
+            heartbeat_script(
+                self.redis, [self.keys.agents, self.keys.agents_seen], [agent_id, load_json]
+            )
+        )
+
+    async def read_feed(
+        self, after: str = "0", *, count: int = 500, block: float | None = None
+    ) -> list[FeedEntry]:
+        """Events of every session after feed id ``after`` (``"$"``: only new ones), in order."""
+        if after != "$":
+            validate_event_id(after, "feed cursor")
+        block_ms = None if block is None else max(1, int(block * 1000))
+        reply = await self._call(
+            self.redis.xread({self.keys.feed: after}, count=count, block=block_ms)
+        )
+        if not reply:
+            return []
+        return [
+            FeedEntry(
+                feed_id, event_from_fields(fields.get("s", ""), fields.get("e", feed_id), fields)
+            )
+            for feed_id, fields in reply[0][1]
+        ]
+
+    async def latest_feed_id(self) -> str:
+        newest = await self._call(self.redis.xrevrange(self.keys.feed, "+", "-", count=1))
+        return newest[0][0] if newest else "0-0"
+
+    async def prune(self, batch: int = 1000) -> int:
+        """Drop index entries of sessions idle past the retention (their keys have expired)."""
+        cutoff = int(time.time() * 1000) - self.retention_ms
+        ids = await self._call(
+            self.redis.zrange(self.keys.activity, "-inf", cutoff, byscore=True, offset=0, num=batch)
+        )
+        removed = 0
+        for sid in ids:
+            if not await self._call(self.redis.exists(self.keys.session(sid).meta)):
+                await self._run(clear_session_script, sid)
+                removed += 1
+        return removed

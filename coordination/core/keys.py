@@ -1,0 +1,109 @@
+"""Key names. Every key of one session shares the hash tag ``{<encoded session id>}``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from .errors import InvalidAgentId, InvalidSessionId
+
+MAX_ID_LENGTH = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+STATUSES = ("active", "waiting", "escalated", "human", "closed")
+
+
+def _check_id(value: object, what: str, error: type[ValueError]) -> str:
+    if not isinstance(value, str):
+        raise error(f"{what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise error(f"{what} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise error(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
+    bad = _CONTROL.search(value)
+    if bad:
+        raise error(
+            f"{what} {value[:40]!r} holds the control character {bad.group()!r} "
+            f"at position {bad.start()}"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} {value[:40]!r} is not valid UTF-8 text: {exc.reason}") from None
+    return value
+
+
+def validate_session_id(session_id: object) -> str:
+    return _check_id(session_id, "session id", InvalidSessionId)
+
+
+def validate_agent_id(agent_id: object, what: str = "agent id") -> str:
+    return _check_id(agent_id, what, InvalidAgentId)
+
+
+def encode_id(value: str) -> str:
+    """Percent-encode so that ``{``, ``}`` and ``:`` in an id cannot break a key or its tag."""
+    return quote(value, safe="")
+
+
+def decode_id(value: str) -> str:
+    return unquote(value)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    events: str
+    meta: str
+    claim: str
+    state: str
+    versions: str
+
+    def all(self) -> list[str]:
+        return [self.events, self.meta, self.claim, self.state, self.versions]
+
+
+class Keyspace:
+    """Names every key under one namespace (``coord`` unless configured)."""
+
+    def __init__(self, namespace: str = "coord") -> None:
+        if not _NAMESPACE.match(namespace or ""):
+            raise ValueError(
+                f"namespace {namespace!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
+            )
+        self.namespace = namespace
+        ns = namespace
+        self.feed = f"{ns}:feed"
+        self.activity = f"{ns}:idx:activity"
+        self.names = f"{ns}:idx:names"
+        self.owners = f"{ns}:idx:owners"
+        self.escalations = f"{ns}:idx:escalations"
+        self.agents = f"{ns}:agents"
+        self.agents_seen = f"{ns}:agents:seen"
+        self.status = {s: f"{ns}:idx:status:{s}" for s in STATUSES}
+        self.stats = f"{ns}:stats:events-per-minute"
+
+    def session(self, session_id: str) -> SessionKeys:
+        base = f"{self.namespace}:{{{encode_id(session_id)}}}"
+        return SessionKeys(
+            events=f"{base}:events",
+            meta=f"{base}:meta",
+            claim=f"{base}:claim",
+            state=f"{base}:state",
+            versions=f"{base}:statever",
+        )
+
+    def global_keys(self) -> list[str]:
+        """The index keys every session script updates, in the order the scripts expect."""
+        return [
+            self.feed,
+            self.activity,
+            self.names,
+            self.owners,
+            self.escalations,
+            self.agents,
+            self.agents_seen,
+            *(self.status[s] for s in STATUSES),
+            self.stats,
+        ]
