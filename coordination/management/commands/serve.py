@@ -1,0 +1,140 @@
+"""``manage.py serve``: what ``make run`` runs. Redis (embedded unless REDIS_URL), migrations,
+a supervisor account, the ASGI server and the demo agents; Ctrl-C stops everything it started."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from coordination.core import RedisUnavailable, check_connection
+from coordination.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+
+
+class Command(BaseCommand):
+    help = "Serve the dashboard with live demo agents (starts an embedded Redis unless REDIS_URL is set)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument(
+            "--no-agents",
+            action="store_true",
+            default=os.environ.get("DEMO_AGENTS", "1").lower() in {"0", "false", "no", "off"},
+            help="do not start the demo agents (or set DEMO_AGENTS=0)",
+        )
+
+    def handle(self, *args, host: str, port: int, no_agents: bool, **options):
+        embedded = None
+        children: list[subprocess.Popen] = []
+        try:
+            redis_url = os.environ.get("REDIS_URL")
+            if not redis_url:
+                try:
+                    embedded = EmbeddedRedis(Path(settings.VAR_DIR) / "redis").start()
+                except EmbeddedRedisError as exc:
+                    self._fail(f"could not start the embedded Redis: {exc}")
+                redis_url = embedded.url
+                self.stdout.write(
+                    f"Started embedded Redis at {redis_url} (data in var/redis, not persisted)"
+                )
+            try:
+                asyncio.run(check_connection(redis_url))
+            except RedisUnavailable as exc:
+                self._fail(str(exc))
+            env = {**os.environ, "REDIS_URL": redis_url}
+
+            call_command("migrate", interactive=False, verbosity=0)
+            login = self._ensure_supervisor()
+
+            children.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "coordinator_site.asgi:application",
+                        "--host",
+                        host,
+                        "--port",
+                        str(port),
+                        "--lifespan",
+                        "off",
+                        "--log-level",
+                        "warning",
+                    ],
+                    env=env,
+                )
+            )
+            if not no_agents and _has_command("simulate_agents"):
+                children.append(
+                    subprocess.Popen([sys.executable, "manage.py", "simulate_agents"], env=env)
+                )
+            url = f"http://{host}:{port}/"
+            self.stdout.write(self.style.SUCCESS(f"\nCoordinator is running at {url}"))
+            self.stdout.write(login)
+            self.stdout.write(
+                "Press Ctrl-C to stop the server, the agents and the embedded Redis.\n"
+            )
+            signal.signal(signal.SIGTERM, _interrupt)
+            children[0].wait()
+        except KeyboardInterrupt:
+            self.stdout.write("\nStopping…")
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+            for child in children:
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+            if embedded is not None:
+                embedded.stop()
+
+    def _ensure_supervisor(self) -> str:
+        User = get_user_model()
+        username = os.environ.get("DJANGO_SUPERUSER_USERNAME", "supervisor")
+        if User.objects.filter(is_superuser=True).exists():
+            return "Log in with your existing supervisor account (manage.py changepassword to reset it)."
+        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or secrets.token_urlsafe(12)
+        user = User.objects.create_superuser(
+            username, os.environ.get("DJANGO_SUPERUSER_EMAIL", ""), password
+        )
+        _join_supervisors(user)
+        if "DJANGO_SUPERUSER_PASSWORD" in os.environ:
+            return f"Log in as {username!r} with the password from DJANGO_SUPERUSER_PASSWORD."
+        return (
+            f"Created the supervisor account {username!r} with the password {password!r}\n"
+            "(shown only this once; change it with: .venv/bin/python manage.py changepassword "
+            f"{username})"
+        )
+
+    def _fail(self, message: str) -> None:
+        self.stderr.write(f"error: {message}")
+        raise SystemExit(2)
+
+
+def _join_supervisors(user) -> None:
+    from django.contrib.auth.models import Group
+
+    group = Group.objects.filter(name="supervisors").first()
+    if group is not None:
+        user.groups.add(group)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _has_command(name: str) -> bool:
+    return (Path(__file__).parent / f"{name}.py").exists()

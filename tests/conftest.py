@@ -1,0 +1,77 @@
+"""Shared fixtures: a real Redis (REDIS_URL when reachable, else an embedded server), a key
+namespace per test that is deleted afterwards, and Django settings pointing at both."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from coordination.embedded_redis import EmbeddedRedis
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="run long rounds (CI enables this)")
+
+
+def pytest_configure(config):
+    config.slow = config.getoption("--slow")
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "localhost", parts.port or 6379), timeout=1
+        ):
+            pass
+        return redis.Redis.from_url(url, socket_timeout=2).ping()
+    except (OSError, redis.RedisError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    url = os.environ.get("REDIS_URL")
+    if url and _reachable(url):
+        yield url
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_sync(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def delete_namespace(client: redis.Redis, namespace: str) -> None:
+    """Delete only this test's keys (the shared Redis is never flushed)."""
+    batch = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    for i in range(0, len(batch), 500):
+        client.delete(*batch[i : i + 500])
+
+
+@pytest.fixture
+def namespace(redis_sync):
+    ns = f"test-{uuid.uuid4().hex[:12]}"
+    yield ns
+    delete_namespace(redis_sync, ns)
+
+
+@pytest.fixture
+def ns_keys(redis_sync, namespace):
+    """The keys that currently exist in this test's namespace."""
+
+    def keys() -> set[str]:
+        return set(redis_sync.scan_iter(match=f"{namespace}:*", count=1000))
+
+    return keys

@@ -1,0 +1,111 @@
+"""The skeleton: login required, the first page, health, fail-fast on a bad Redis URL."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coordination.embedded_redis import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_embedded_redis_starts_answers_ping_and_stops():
+    server = EmbeddedRedis().start()
+    pid = server.process.pid
+    assert server.ping()
+    import redis
+
+    assert redis.Redis.from_url(server.url).ping() is True
+    server.stop()
+    assert not server.ping()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_wrong_redis_url_gives_one_line_error_without_password(tmp_path):
+    env = {
+        **os.environ,
+        "REDIS_URL": "redis://:hunter2-secret@127.0.0.1:1/0",
+        "COORDINATION_VAR_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "serve", "--no-agents"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Redis is unavailable at redis://:***@127.0.0.1:1/0" in lines[0]
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_core_imports_without_django_settings():
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    code = (
+        "import sys; import coordination.core; from coordination import AgentCoordinator, "
+        "EventType, AtomicOperations; assert 'django' not in sys.modules, 'django was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
+
+
+@pytest.mark.django_db
+def test_pages_require_login(client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/?next=/")
+
+
+@pytest.mark.django_db
+def test_login_page_is_styled_and_has_csrf(client):
+    response = client.get("/login/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "/static/coordination/app.css" in body
+    assert "csrfmiddlewaretoken" in body
+    assert "script-src 'self'" in response["Content-Security-Policy"]
+
+
+@pytest.mark.django_db
+def test_overview_shows_empty_state(client, supervisor):
+    client.force_login(supervisor)
+    response = client.get("/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "No sessions yet" in body
+    assert "simulate_agents" in body
+
+
+@pytest.mark.django_db
+def test_healthz_ok_with_redis_and_database(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "redis": "ok", "database": "ok"}
+
+
+@pytest.mark.django_db
+def test_healthz_names_redis_when_it_is_down(client, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["redis"] == "unavailable"
+    assert response.json()["database"] == "ok"
+
+
+def test_static_htmx_is_vendored_not_from_a_cdn():
+    for template in (ROOT / "templates").rglob("*.html"):
+        sources = re.findall(r'(?:src|href)="([^"]+)"', template.read_text())
+        assert not [s for s in sources if s.startswith(("http:", "https:", "//"))], template
+    assert "vendor/htmx/htmx.min.js" in (ROOT / "templates" / "base.html").read_text()
+    assert (ROOT / "static" / "vendor" / "htmx" / "htmx.min.js").stat().st_size > 10_000
