@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ class RedisBacked:
         redis_url: str | None = None,
         *,
         client: aioredis.Redis | None = None,
-        namespace: str = "coord",
+        namespace: str | None = None,
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         feed_maxlen: int = DEFAULT_FEED_MAXLEN,
         retention: timedelta | float = DEFAULT_RETENTION,
@@ -36,6 +37,7 @@ class RedisBacked:
     ) -> None:
         self.redis_url = resolve_url(redis_url) if client is None else redis_url
         self._client = client
+        namespace = namespace or os.environ.get("COORDINATION_NAMESPACE") or "coord"
         self.keys = Keyspace(namespace)
         self.namespace = namespace
         if stream_maxlen < 1 or feed_maxlen < 1:

@@ -1,0 +1,1 @@
+"""Optional integrations (``pip install coordinator[agents]`` for the OpenAI Agents SDK)."""

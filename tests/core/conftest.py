@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import pytest
+
+from coordination import AgentCoordinator, AtomicOperations, SessionIndex
+
+
+@pytest.fixture
+def make(redis_url, namespace):
+    """Build core objects bound to the test Redis and this test's namespace."""
+
+    class Factory:
+        def coordinator(self, session_id: str = "s-1", **kw) -> AgentCoordinator:
+            return AgentCoordinator(session_id, redis_url, namespace=namespace, **kw)
+
+        def atomic(self, **kw) -> AtomicOperations:
+            return AtomicOperations(redis_url, namespace=namespace, **kw)
+
+        def index(self, **kw) -> SessionIndex:
+            return SessionIndex(redis_url, namespace=namespace, **kw)
+
+    return Factory()

@@ -1,0 +1,157 @@
+"""Escalation, takeover and hand-back, close, the session index, clear(), errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.cluster import key_slot
+
+from coordination import (
+    AgentCoordinator,
+    EventType,
+    InvalidCursor,
+    InvalidSessionId,
+    NotHumanControlled,
+    RedisUnavailable,
+    SessionClosed,
+    SessionTakenOver,
+)
+
+
+async def test_two_supervisors_race_to_take_over_one_wins_other_learns_who(make):
+    a, b = make.coordinator("s-take"), make.coordinator("s-take")
+    await a.escalate("angry customer")
+    results = await asyncio.gather(
+        a.take_over("human:ann"), b.take_over("human:bob"), return_exceptions=True
+    )
+    winners = [r for r in results if r is True]
+    losers = [r for r in results if isinstance(r, SessionTakenOver)]
+    assert len(winners) == 1 and len(losers) == 1
+    winner = "human:ann" if results[0] is True else "human:bob"
+    assert losers[0].controller == winner and losers[0].since is not None
+    assert await a.controller() == winner
+    assert await a.take_over(winner) is False  # already yours
+
+
+async def test_escalation_queue_is_oldest_first_and_takeover_removes(make):
+    index = make.index()
+    for sid in ("s-1", "s-2", "s-3"):
+        await make.coordinator(sid).escalate("help")
+    assert [s.session_id for s in await index.escalation_queue()] == ["s-1", "s-2", "s-3"]
+    await make.coordinator("s-2").take_over("human:ann")
+    queue = await index.escalation_queue()
+    assert [s.session_id for s in queue] == ["s-1", "s-3"]
+    assert queue[0].status == "escalated" and queue[0].escalated_at
+    counts = await index.counts_by_status()
+    assert counts["escalated"] == 2 and counts["human"] == 1
+
+
+async def test_hand_back_to_queue_and_errors(make):
+    coord = make.coordinator("s-back")
+    with pytest.raises(NotHumanControlled):
+        await coord.hand_back()
+    await coord.take_over("human:ann")
+    assert await coord.is_human_controlled()
+    await coord.hand_back(by="human:ann")
+    summary = await make.index().get_session("s-back")
+    assert summary.status == "waiting" and summary.controller is None
+    types = [e.type for e in await coord.events()]
+    assert types[-2:] == [EventType.HUMAN_TAKEOVER, EventType.HUMAN_HANDBACK]
+
+
+async def test_close_ends_claim_and_queue_and_is_not_repeated(make):
+    coord, atomic = make.coordinator("s-close"), make.atomic()
+    await atomic.claim_handoff("s-close", "bot")
+    await coord.escalate("refund over limit")
+    await coord.close(by="human:ann", reason="resolved")
+    summary = await make.index().get_session("s-close")
+    assert summary.status == "closed" and summary.claim_agent is None
+    assert await make.index().escalation_queue() == []
+    assert await atomic.claim_handoff("s-close", "bot") is False
+    with pytest.raises(SessionClosed):
+        await coord.close()
+    with pytest.raises(SessionClosed):
+        await coord.take_over("human:ann")
+
+
+async def test_list_sessions_by_activity_with_cursor_and_filters(make):
+    index = make.index()
+    for n in range(7):
+        await make.coordinator(f"s-{n}").publish(EventType.MESSAGE, {"n": n})
+    await make.coordinator("s-2").escalate("x")
+    seen, cursor = [], None
+    while True:
+        page = await index.list_sessions(cursor=cursor, limit=3)
+        seen += [s.session_id for s in page.sessions]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    summaries = [await index.get_session(f"s-{n}") for n in range(7)]
+    expected = sorted(summaries, key=lambda s: (s.last_activity, s.session_id), reverse=True)
+    assert seen == [s.session_id for s in expected]
+    assert seen[0] == "s-2"  # the escalation is the latest activity
+    escalated = await index.list_sessions(status="escalated")
+    assert [s.session_id for s in escalated.sessions] == ["s-2"]
+    await make.atomic().claim_handoff("s-4", "billing")
+    assert [s.session_id for s in (await index.list_sessions(owner="billing")).sessions] == ["s-4"]
+    by_prefix = await index.list_sessions(prefix="s-", limit=4)
+    assert [s.session_id for s in by_prefix.sessions] == ["s-0", "s-1", "s-2", "s-3"]
+    rest = await index.list_sessions(prefix="s-", cursor=by_prefix.next_cursor, limit=4)
+    assert [s.session_id for s in rest.sessions] == [
+        "s-4",
+        "s-5",
+        "s-6",
+    ] and rest.next_cursor is None
+    with pytest.raises(InvalidCursor):
+        await index.list_sessions(cursor="garbage")
+
+
+async def test_agent_presence_from_agent_ready_and_heartbeat(make):
+    coord, index = make.coordinator("s-agents"), make.index(stale_after=60)
+    await coord.publish(
+        EventType.AGENT_READY, {"agent_id": "billing", "capabilities": ["refunds"], "load": 0.3}
+    )
+    await make.atomic().claim_handoff("s-agents", "billing")
+    await index.heartbeat("billing", load=0.5)
+    [agent] = await index.agents()
+    assert agent.agent_id == "billing" and agent.capabilities == ["refunds"]
+    assert agent.load == 0.5 and agent.sessions_held == 1 and not agent.stale
+
+
+async def test_clear_removes_one_session_atomically_and_nothing_else(make, ns_keys):
+    keep, gone = make.coordinator("s-keep"), make.coordinator("s-gone")
+    await keep.publish(EventType.MESSAGE, {})
+    await gone.publish(EventType.MESSAGE, {})
+    await gone.set_state("k", 1)
+    await make.atomic().claim_handoff("s-gone", "bot")
+    await gone.escalate("x")
+    await gone.clear()
+    remaining = ns_keys()
+    assert not remaining & set(gone.keys.session("s-gone").all())
+    assert {keep.keys.session("s-keep").events, keep.keys.session("s-keep").meta} <= remaining
+    assert await make.index().get_session("s-gone") is None
+    assert [s.session_id for s in (await make.index().list_sessions()).sessions] == ["s-keep"]
+    assert await make.index().escalation_queue() == []
+
+
+@pytest.mark.parametrize("session_id", ["user:conv:{ts}", "{", "}", "a:b", "ünï", "x" * 256])
+async def test_session_keys_share_one_cluster_slot_whatever_the_id(make, session_id):
+    keys = make.coordinator(session_id).keys.session(session_id).all()
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    event = await make.coordinator(session_id).publish(EventType.MESSAGE, {})
+    assert event.session_id == session_id
+    assert (await make.index().get_session(session_id)).session_id == session_id
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 257, "a\nb", "tab\t", "nul\x00", 42, None, "\ud800"])
+def test_malformed_session_ids_are_refused_clearly(bad):
+    with pytest.raises(InvalidSessionId, match="session id"):
+        AgentCoordinator(bad)
+
+
+async def test_redis_down_names_the_url_without_password():
+    coord = AgentCoordinator("s", "redis://:hunter2@127.0.0.1:1/0")
+    with pytest.raises(RedisUnavailable) as info:
+        await coord.publish(EventType.MESSAGE, {})
+    assert "127.0.0.1:1" in str(info.value) and "hunter2" not in str(info.value)
