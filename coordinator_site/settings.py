@@ -76,7 +76,6 @@ COORDINATION_AGENT_STALE_AFTER = env_number("COORDINATION_AGENT_STALE_AFTER", 60
 COORDINATION_ESCALATION_SLA = env_number("COORDINATION_ESCALATION_SLA", 300)
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
