@@ -1,6 +1,13 @@
 """A strict Content-Security-Policy: scripts and styles only from this site, no inline code."""
 
+import logging
+
 from django.conf import settings
+from django.shortcuts import render
+
+from .core import RedisUnavailable, redact_url
+
+log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -19,4 +26,24 @@ class ContentSecurityPolicyMiddleware:
         # The admin ships inline scripts of its own; the policy guards the dashboard pages.
         if not request.path.startswith("/admin/"):
             response.headers.setdefault("Content-Security-Policy", self.policy)
+        return response
+
+
+class RedisUnavailableMiddleware:
+    """Render a clear 503 page, not a traceback, when Redis cannot be reached."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, RedisUnavailable):
+            return None
+        log.warning("503 for %s: %s", request.path, exception)
+        response = render(
+            request, "503.html", {"redis_url": redact_url(settings.REDIS_URL)}, status=503
+        )
+        response["Retry-After"] = "5"
         return response

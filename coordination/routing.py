@@ -1,3 +1,10 @@
-"""Websocket routes; every consumer refuses anonymous users itself as well."""
+"""Websocket routes; each consumer refuses anonymous users itself."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from . import consumers
+
+websocket_urlpatterns = [
+    path("ws/sessions/", consumers.SessionsConsumer.as_asgi()),
+    path("ws/session/<path:session_id>/", consumers.SessionConsumer.as_asgi()),
+]

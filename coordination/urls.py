@@ -4,6 +4,12 @@ from . import views
 
 app_name = "coordination"
 
+# Session ids may hold any character but control characters, '/' included: hence <path:>,
+# and a distinct prefix per view so no id can be mistaken for a sub-page.
 urlpatterns = [
     path("", views.overview, name="overview"),
+    path("sessions/", views.sessions, name="sessions"),
+    path("sessions/<path:session_id>/", views.session_detail, name="session"),
+    path("timeline/<path:session_id>/", views.timeline, name="timeline"),
+    path("agents/", views.agents, name="agents"),
 ]

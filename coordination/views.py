@@ -1,4 +1,4 @@
-"""Dashboard views: thin, async, reading the core through ``services``."""
+"""Dashboard views: thin and async; they read the core and render the shared partials."""
 
 from __future__ import annotations
 
@@ -8,34 +8,117 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from .core import RedisUnavailable, redact_url
+from .core import InvalidCursor, InvalidSessionId, RedisUnavailable, redact_url
 from .core.connection import UNAVAILABLE_ERRORS
-from .services import session_index
+from .core.keys import validate_session_id
+from .fragments import (
+    SESSIONS_PAGE,
+    TIMELINE_PAGE,
+    SessionFilters,
+    event_context,
+    overview_context,
+    session_detail_context,
+    session_row_context,
+)
+from .services import coordinator, session_index
 
 
+def _is_htmx(request: HttpRequest) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+@require_GET
 async def overview(request: HttpRequest) -> HttpResponse:
-    index = session_index()
-    counts, queue, agents, per_minute = await asyncio.gather(
-        index.counts_by_status(),
-        index.escalation_queue(limit=20),
-        index.agents(limit=20),
-        index.events_per_minute(),
-    )
-    context = {
-        "counts": counts,
-        "total": sum(counts.values()),
-        "queue": queue,
-        "agents": [a for a in agents if not a.stale],
-        "events_per_minute": per_minute,
-        "redis_url_display": redact_url(settings.REDIS_URL),
-        "nav": "overview",
-    }
+    context = await overview_context(session_index())
+    context.update(nav="overview", redis_url_display=redact_url(settings.REDIS_URL))
     return render(request, "coordination/overview.html", context)
+
+
+@require_GET
+async def sessions(request: HttpRequest) -> HttpResponse:
+    filters = SessionFilters.from_query(request.GET)
+    try:
+        page = await session_index().list_sessions(
+            status=filters.status,
+            cursor=filters.cursor,
+            limit=SESSIONS_PAGE,
+            owner=filters.owner,
+            prefix=filters.prefix,
+        )
+    except (InvalidCursor, ValueError) as exc:
+        return HttpResponseBadRequest(f"Bad sessions query: {exc}", content_type="text/plain")
+    context = {
+        "nav": "sessions",
+        "filters": filters,
+        "rows": [session_row_context(s) for s in page.sessions],
+        "next_query": filters.query_string(cursor=page.next_cursor) if page.next_cursor else None,
+        "first_page": filters.cursor is None,
+        "ws_query": filters.query_string(cursor=None),
+        "statuses": ("active", "waiting", "escalated", "human", "closed"),
+    }
+    return render(request, "coordination/sessions.html", context)
+
+
+async def _summary_or_404(session_id: str):
+    try:
+        validate_session_id(session_id)
+    except InvalidSessionId as exc:
+        raise Http404(str(exc)) from None
+    summary = await session_index().get_session(session_id)
+    if summary is None:
+        raise Http404(f"No session {session_id!r}: it never published an event, or it expired.")
+    return summary
+
+
+@require_GET
+async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
+    summary = await _summary_or_404(session_id)
+    context = await session_detail_context(session_id, summary)
+    context["nav"] = "sessions"
+    return render(request, "coordination/session_detail.html", context)
+
+
+@require_GET
+async def timeline(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Older events of a session, newest first (the timeline's infinite scroll)."""
+    await _summary_or_404(session_id)
+    before = request.GET.get("before") or None
+    try:
+        events = await coordinator(session_id).events(
+            newest_first=True, limit=TIMELINE_PAGE, before=before
+        )
+    except InvalidCursor as exc:
+        return HttpResponseBadRequest(f"Bad timeline query: {exc}", content_type="text/plain")
+    context = {
+        "s": await session_index().get_session(session_id),
+        "events": [event_context(e) for e in events],
+        "older_cursor": events[-1].id if len(events) == TIMELINE_PAGE else None,
+    }
+    template = (
+        "coordination/session_detail.html#timeline-page"
+        if _is_htmx(request)
+        else "coordination/timeline.html"
+    )
+    return render(request, template, context)
+
+
+@require_GET
+async def agents(request: HttpRequest) -> HttpResponse:
+    presence = await session_index().agents(limit=500)
+    context = {
+        "nav": "agents",
+        "agents": presence,
+        "stale_after": int(settings.COORDINATION_AGENT_STALE_AFTER),
+    }
+    template = (
+        "coordination/agents.html#agents-table" if _is_htmx(request) else "coordination/agents.html"
+    )
+    return render(request, template, context)
 
 
 def _database_ok() -> bool:

@@ -70,6 +70,8 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 COORDINATION_NAMESPACE = os.environ.get("COORDINATION_NAMESPACE", "coord")
+# Run the feed relay in this process (one process across all workers becomes active).
+COORDINATION_RELAY = env_bool("COORDINATION_RELAY", True)
 # Seconds without a heartbeat before an agent is shown as stale.
 COORDINATION_AGENT_STALE_AFTER = env_number("COORDINATION_AGENT_STALE_AFTER", 60)
 # Seconds an escalated session may wait before it is highlighted as over its SLA.
@@ -96,6 +98,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "coordination.middleware.RedisUnavailableMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]

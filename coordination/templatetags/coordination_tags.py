@@ -47,3 +47,15 @@ def over_sla(timestamp: float | None) -> bool:
 def pretty_json(value: object) -> str:
     """Indented JSON text; the template escapes it like any other string."""
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+@register.filter
+def json_preview(value: object, length: int = 120) -> str:
+    """One line of compact JSON, cut to ``length`` characters."""
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+@register.filter
+def ms(timestamp: float | None) -> int:
+    return int(timestamp * 1000) if timestamp else 0

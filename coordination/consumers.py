@@ -1,0 +1,170 @@
+"""Websocket consumers. Both refuse anonymous users, render the pages' own partials, and
+catch up after a reconnect: the browser says which event it saw last, the consumer replays
+what came after from Redis, then forwards live events, dropping any it already sent."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.template.loader import render_to_string
+
+from .core import CoordinationError, EventType, InvalidCursor, RedisUnavailable
+from .core.coordinator import validate_event_id
+from .core.keys import validate_session_id
+from .fragments import (
+    SUMMARY_EVENTS,
+    SessionFilters,
+    event_context,
+    header_context,
+    overview_context,
+    render_overview_live,
+    render_session_row,
+)
+from .live import SESSIONS_GROUP, dom_id, parse_event_id, session_group
+from .services import coordinator, session_index
+
+log = logging.getLogger(__name__)
+
+REPLAY_LIMIT = 5000
+BUFFER_LIMIT = 10_000
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_BAD_REQUEST = 4400
+
+
+class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
+    async def websocket_connect(self, message):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await super().websocket_connect(message)
+
+
+class SessionsConsumer(LoginRequiredConsumer):
+    """The overview and the sessions list: coalesced ``sessions.changed`` notices from the relay."""
+
+    async def connect(self):
+        query = {
+            k: v[-1] for k, v in parse_qs(self.scope.get("query_string", b"").decode()).items()
+        }
+        self.view = "list" if query.get("view") == "list" else "overview"
+        self.filters = SessionFilters.from_query(query)
+        self.first_page = query.get("first") == "1"
+        self.index = session_index()
+        await self.channel_layer.group_add(SESSIONS_GROUP, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(SESSIONS_GROUP, self.channel_name)
+
+    async def receive_json(self, content, **kwargs):
+        if isinstance(content, dict) and "resume" in content and self.view == "overview":
+            await self._send_overview()  # after a reconnect, redraw what may have changed
+
+    async def sessions_changed(self, message):
+        try:
+            if self.view == "overview":
+                await self._send_overview()
+            else:
+                await self._send_rows(message["ids"])
+        except RedisUnavailable as exc:
+            log.warning("live update skipped: %s", exc)
+
+    async def _send_overview(self):
+        await self.send(text_data=render_overview_live(await overview_context(self.index)))
+
+    async def _send_rows(self, session_ids: list[str]):
+        summaries = await self.index._summaries(session_ids)
+        parts = []
+        for summary in sorted(summaries, key=lambda s: s.last_activity or 0):
+            row_id = dom_id(summary.session_id)
+            if not self.filters.matches(summary):
+                parts.append(f'<tr id="{row_id}" hx-swap-oob="delete"></tr>')
+            elif self.first_page:
+                # Newest activity first: take the row out and put it back on top.
+                parts.append(f'<tr id="{row_id}" hx-swap-oob="delete"></tr>')
+                row = render_session_row(summary)
+                parts.append(f'<tbody hx-swap-oob="afterbegin:#session-rows">{row}</tbody>')
+            else:
+                parts.append(render_session_row(summary, oob="true"))
+        if parts:
+            await self.send(text_data="".join(parts))
+
+
+class SessionConsumer(LoginRequiredConsumer):
+    """One session's page: every event in order, once; the header and state kept current."""
+
+    async def connect(self):
+        try:
+            self.session_id = validate_session_id(self.scope["url_route"]["kwargs"]["session_id"])
+        except CoordinationError:
+            await self.close(code=CLOSE_BAD_REQUEST)
+            return
+        self.group = session_group(self.session_id)
+        self.last_sent: tuple[int, int] | None = None
+        self.resumed = False
+        self.buffer: list[dict] = []
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content, **kwargs):
+        if not isinstance(content, dict) or "resume" not in content:
+            return
+        after = content.get("resume") or "0"
+        try:
+            validate_event_id(after, "resume")
+        except InvalidCursor as exc:
+            await self.send_json({"error": str(exc)})
+            return
+        self.last_sent = parse_event_id(after)
+        events = await coordinator(self.session_id).events(after=after, limit=REPLAY_LIMIT)
+        await self._send_events([event_context(e) for e in events], refresh=bool(events))
+        buffered, self.buffer, self.resumed = self.buffer, [], True
+        await self._send_events(buffered, refresh=False)
+
+    async def session_event(self, message):
+        if not self.resumed:
+            if len(self.buffer) < BUFFER_LIMIT:
+                self.buffer.append(message["event"])
+            return  # beyond the limit the replay from Redis covers it
+        await self._send_events([message["event"]], refresh=True)
+
+    async def _send_events(self, events: list[dict], *, refresh: bool) -> None:
+        fresh = []
+        for event in events:
+            key = parse_event_id(event["id"])
+            if self.last_sent is not None and key <= self.last_sent:
+                continue
+            self.last_sent = key
+            fresh.append(event)
+        if not fresh:
+            return
+        rows = "".join(
+            render_to_string("coordination/session_detail.html#event-row", {"ev": event_context(e)})
+            for e in reversed(fresh)
+        )
+        parts = [
+            f'<ol hx-swap-oob="afterbegin:#timeline">{rows}</ol>',
+            '<li id="timeline-empty" hx-swap-oob="delete"></li>',
+        ]
+        types = {e["type"] for e in fresh}
+        if refresh and (
+            types & {t.value for t in SUMMARY_EVENTS} or EventType.STATE_CHANGED.value in types
+        ):
+            parts.append(await self._render_header())
+        await self.send(text_data="".join(parts))
+
+    async def _render_header(self) -> str:
+        summary = await session_index().get_session(self.session_id)
+        if summary is None:
+            return ""
+        context = {**await header_context(self.session_id, summary), "oob": True}
+        return render_to_string(
+            "coordination/session_detail.html#summary", context
+        ) + render_to_string("coordination/session_detail.html#state-table", context)
