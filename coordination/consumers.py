@@ -77,20 +77,28 @@ class SessionsConsumer(LoginRequiredConsumer):
 
     async def _send_rows(self, session_ids: list[str]):
         summaries = await self.index._summaries(session_ids)
-        parts = []
-        for summary in sorted(summaries, key=lambda s: s.last_activity or 0):
+        removed, on_top, in_place = [], [], []
+        for summary in sorted(summaries, key=lambda s: s.last_activity or 0, reverse=True):
             row_id = dom_id(summary.session_id)
+            if not self.filters.matches(summary) or self.first_page:
+                removed.append(f'<tr id="{row_id}" hx-swap-oob="delete"></tr>')
             if not self.filters.matches(summary):
-                parts.append(f'<tr id="{row_id}" hx-swap-oob="delete"></tr>')
-            elif self.first_page:
-                # Newest activity first: take the row out and put it back on top.
-                parts.append(f'<tr id="{row_id}" hx-swap-oob="delete"></tr>')
-                row = render_session_row(summary)
-                parts.append(f'<tbody hx-swap-oob="afterbegin:#session-rows">{row}</tbody>')
+                continue
+            if self.first_page:
+                on_top.append(render_session_row(summary))  # newest activity first
             else:
-                parts.append(render_session_row(summary, oob="true"))
-        if parts:
-            await self.send(text_data="".join(parts))
+                in_place.append(render_session_row(summary, oob="true"))
+        # Separate messages: an HTML parser folds a <tbody> that follows a <tr> into the
+        # same table body, which would turn the prepend into a second swap of the same id.
+        if removed:
+            await self.send(text_data="".join(removed))
+        if on_top:
+            rows = "".join(on_top)
+            await self.send(
+                text_data=f'<tbody hx-swap-oob="afterbegin:#session-rows">{rows}</tbody>'
+            )
+        if in_place:
+            await self.send(text_data="".join(in_place))
 
 
 class SessionConsumer(LoginRequiredConsumer):

@@ -1,0 +1,232 @@
+"""Browser tests: a real uvicorn serving the ASGI app on the test database and test Redis,
+driven by Debian's Chromium through Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from django.conf import settings as django_settings
+from django.db import connection
+
+from coordination import AgentCoordinator, EventType
+from coordination.embedded_redis import free_port
+
+from ..conftest import delete_namespace
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Playwright's sync API keeps an event loop running in this thread; the test process touches
+# the database only outside the browser calls (users are made before Chromium starts).
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+PASSWORD = "browser-pw-" + uuid.uuid4().hex[:8]
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+class LiveServer:
+    """One uvicorn process; ``stop()`` and ``start()`` again on the same port to drop sockets."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.env = env
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveServer:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "coordinator_site.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--lifespan",
+                "on",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=self.env,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("uvicorn did not become healthy within 30 s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def browser_namespace(redis_url):
+    import redis
+
+    ns = f"test-browser-{uuid.uuid4().hex[:10]}"
+    yield ns
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    delete_namespace(client, ns)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def server_env(django_db_setup, django_db_blocker, redis_url, browser_namespace, tmp_path_factory):
+    from django.contrib.auth.models import Group, User
+
+    with django_db_blocker.unblock():
+        supervisors, _ = Group.objects.get_or_create(name="supervisors")
+        viewers, _ = Group.objects.get_or_create(name="viewers")
+        for name, group in (("alice", supervisors), ("bob", supervisors), ("victor", viewers)):
+            user, _ = User.objects.get_or_create(username=name)
+            user.set_password(PASSWORD)
+            user.save()
+            user.groups.add(group)
+        url = database_url()
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "coordinator_site.settings",
+        "DATABASE_URL": url,
+        "REDIS_URL": redis_url,
+        "COORDINATION_NAMESPACE": browser_namespace,
+        "COORDINATION_VAR_DIR": str(tmp_path_factory.mktemp("var")),
+        "SECRET_KEY": django_settings.SECRET_KEY,
+        "DEBUG": "true",
+    }
+
+
+@pytest.fixture(scope="session")
+def asgi_server(server_env):
+    server = LiveServer(server_env).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)"
+        )
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def login(page, base_url: str, username: str) -> None:
+    page.goto(f"{base_url}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base_url}/")
+
+
+@pytest.fixture
+def page_factory(chromium):
+    contexts = []
+
+    def make(base_url: str, username: str | None = "alice", **context_options):
+        context = chromium.new_context(**context_options)
+        contexts.append(context)
+        page = context.new_page()
+        page.dialogs = []
+        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+        page.console = []
+        page.on("console", lambda m: page.console.append(m.text))
+        if username:
+            login(page, base_url, username)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def agent_loop():
+    """An event loop in its own thread: Playwright's sync API occupies the test thread's loop."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="agent-loop", daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def core(redis_url, browser_namespace, agent_loop):
+    """Publish from the test the way an agent would (each call on its own connection)."""
+
+    class Core:
+        def run(self, session_id: str, action):
+            async def go():
+                client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+                try:
+                    return await action(
+                        AgentCoordinator(session_id, client=client, namespace=browser_namespace)
+                    )
+                finally:
+                    await client.aclose()
+
+            return asyncio.run_coroutine_threadsafe(go(), agent_loop).result(timeout=30)
+
+        def call(self, coro_factory):
+            return asyncio.run_coroutine_threadsafe(coro_factory(), agent_loop).result(timeout=30)
+
+        def publish(self, session_id: str, etype=EventType.MESSAGE, data=None):
+            return self.run(session_id, lambda c: c.publish(etype, data or {}))
+
+    return Core()
+
+
+@pytest.fixture
+def sid():
+    """A session id no other test uses (the browser server shares one namespace)."""
+    return f"b-{uuid.uuid4().hex[:10]}"
