@@ -24,6 +24,11 @@ def pytest_configure(config):
     config.slow = config.getoption("--slow")
 
 
+def pytest_collection_modifyitems(config, items):
+    # Browser tests last: Playwright's sync API holds an event loop while Chromium is open.
+    items.sort(key=lambda item: "tests/browser/" in str(item.path).replace("\\", "/"))
+
+
 def _reachable(url: str) -> bool:
     parts = urlsplit(url)
     try:

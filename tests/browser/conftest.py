@@ -35,9 +35,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# Playwright's sync API keeps an event loop running in this thread; the test process touches
-# the database only outside the browser calls (users are made before Chromium starts).
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 PASSWORD = "browser-pw-" + uuid.uuid4().hex[:8]
 
 
