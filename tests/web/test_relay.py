@@ -1,0 +1,73 @@
+"""The relay: one active across workers, fenced cursor, resume after takeover, coalescing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels.layers import get_channel_layer
+
+from coordination import AgentCoordinator, EventType, SessionIndex
+from coordination.live import SESSIONS_GROUP, Relay, session_group
+
+
+async def receive_until(layer, channel, count, timeout=10):
+    got = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            got.append(await layer.receive(channel))
+    return got
+
+
+async def test_one_relay_leads_and_another_takes_over_resuming_from_the_cursor(redis_url, namespace, coordination_settings):
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(session_group("s-relay"), channel)
+    index = SessionIndex(redis_url, namespace=namespace)
+    coord = AgentCoordinator("s-relay", redis_url, namespace=namespace)
+    first = Relay(index, lease_ttl=1.0, flush_interval=0.05, worker_id="w1")
+    second = Relay(index, lease_ttl=1.0, flush_interval=0.05, worker_id="w2")
+    t1 = asyncio.create_task(first.run())
+    while not first.is_leader:
+        await asyncio.sleep(0.01)
+    t2 = asyncio.create_task(second.run())
+    try:
+        published = [await coord.publish(EventType.MESSAGE, {"n": n}) for n in range(3)]
+        got = await receive_until(layer, channel, 3)
+        assert [m["event"]["id"] for m in got] == [e.id for e in published]
+        assert not second.is_leader
+
+        t1.cancel()  # the leading worker dies; its lease is released on the way out
+        await asyncio.gather(t1, return_exceptions=True)
+        more = [await coord.publish(EventType.MESSAGE, {"n": n}) for n in range(3, 6)]
+        got = await receive_until(layer, channel, 3)
+        assert [m["event"]["id"] for m in got] == [e.id for e in more]
+        assert second.is_leader
+    finally:
+        t2.cancel()
+        await asyncio.gather(t2, return_exceptions=True)
+        await layer.group_discard(session_group("s-relay"), channel)
+
+
+async def test_lists_get_coalesced_notices(redis_url, namespace, coordination_settings):
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(SESSIONS_GROUP, channel)
+    index = SessionIndex(redis_url, namespace=namespace)
+    relay = Relay(index, lease_ttl=2.0, flush_interval=0.2, worker_id="w")
+    task = asyncio.create_task(relay.run())
+    try:
+        while not relay.is_leader:
+            await asyncio.sleep(0.01)
+        for n in range(50):
+            await AgentCoordinator(f"s-{n % 5}", redis_url, namespace=namespace).publish(EventType.MESSAGE, {})
+        seen: set[str] = set()
+        notices = 0
+        async with asyncio.timeout(10):
+            while seen != {f"s-{n}" for n in range(5)}:
+                message = await layer.receive(channel)
+                seen.update(message["ids"])
+                notices += 1
+        assert notices < 50  # bursts are merged, not one notice per event
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
