@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import parse_qs
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.template.loader import render_to_string
 
@@ -39,6 +40,8 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        self.user = user
+        self.can_intervene = await database_sync_to_async(user.has_perm)("coordination.intervene")
         await super().websocket_connect(message)
 
 
@@ -73,7 +76,9 @@ class SessionsConsumer(LoginRequiredConsumer):
             log.warning("live update skipped: %s", exc)
 
     async def _send_overview(self):
-        await self.send(text_data=render_overview_live(await overview_context(self.index)))
+        context = await overview_context(self.index)
+        context["can_intervene"] = self.can_intervene
+        await self.send(text_data=render_overview_live(context))
 
     async def _send_rows(self, session_ids: list[str]):
         summaries = await self.index._summaries(session_ids)
@@ -172,7 +177,13 @@ class SessionConsumer(LoginRequiredConsumer):
         summary = await session_index().get_session(self.session_id)
         if summary is None:
             return ""
-        context = {**await header_context(self.session_id, summary), "oob": True}
-        return render_to_string(
-            "coordination/session_detail.html#summary", context
-        ) + render_to_string("coordination/session_detail.html#state-table", context)
+        context = {
+            **await header_context(self.session_id, summary),
+            "oob": True,
+            "can_intervene": self.can_intervene,
+            "me": f"human:{self.user.get_username()}",
+        }
+        return "".join(
+            render_to_string(f"coordination/session_detail.html#{part}", context)
+            for part in ("summary", "actions", "state-table")
+        )

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.template.loader import render_to_string
 
 from .core import STATUSES, Event, EventType, SessionIndex, SessionSummary
 from .live import dom_id
-from .services import coordinator
+from .services import coordinator, session_index
 
 TIMELINE_PAGE = 50
 SESSIONS_PAGE = 50
@@ -133,8 +134,37 @@ def render_session_row(summary: SessionSummary, *, oob: str = "", request=None) 
 
 async def header_context(session_id: str, summary: SessionSummary) -> dict[str, Any]:
     """What the session page's live header shows: the summary and the shared state."""
-    state = await coordinator(session_id).get_state_versions()
-    return {"s": summary, "state": [(k, v, ver) for k, (v, ver) in state.items()]}
+    state, agents = await asyncio.gather(
+        coordinator(session_id).get_state_versions(), session_index().agents(limit=200)
+    )
+    return {
+        "s": summary,
+        "state": [(k, v, ver) for k, (v, ver) in state.items()],
+        "agents_online": [a for a in agents if not a.stale],
+    }
+
+
+@sync_to_async
+def recent_audit(session_id: str, limit: int = 20) -> list:
+    from .models import AuditEntry
+
+    return list(AuditEntry.objects.filter(session_id=session_id)[:limit])
+
+
+async def live_header_context(
+    session_id: str, user, *, can_intervene: bool
+) -> dict[str, Any] | None:
+    """The header, the actions this user may take, and the audit trail, for one session."""
+    summary = await session_index().get_session(session_id)
+    if summary is None:
+        return None
+    context = await header_context(session_id, summary)
+    context.update(
+        can_intervene=can_intervene,
+        me=f"human:{user.get_username()}",
+        audit=await recent_audit(session_id),
+    )
+    return context
 
 
 async def session_detail_context(session_id: str, summary: SessionSummary) -> dict[str, Any]:

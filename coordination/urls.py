@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import actions, views
 
 app_name = "coordination"
 
@@ -12,4 +12,6 @@ urlpatterns = [
     path("sessions/<path:session_id>/", views.session_detail, name="session"),
     path("timeline/<path:session_id>/", views.timeline, name="timeline"),
     path("agents/", views.agents, name="agents"),
+    path("act/<slug:action>/<path:session_id>/", actions.act, name="act"),
+    path("escalations/claim-next/", actions.claim_next, name="claim_next"),
 ]

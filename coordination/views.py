@@ -22,6 +22,7 @@ from .fragments import (
     SessionFilters,
     event_context,
     overview_context,
+    recent_audit,
     session_detail_context,
     session_row_context,
 )
@@ -32,10 +33,19 @@ def _is_htmx(request: HttpRequest) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
+async def _can_intervene(request: HttpRequest) -> bool:
+    user = await request.auser()
+    return await sync_to_async(user.has_perm)("coordination.intervene")
+
+
 @require_GET
 async def overview(request: HttpRequest) -> HttpResponse:
     context = await overview_context(session_index())
-    context.update(nav="overview", redis_url_display=redact_url(settings.REDIS_URL))
+    context.update(
+        nav="overview",
+        redis_url_display=redact_url(settings.REDIS_URL),
+        can_intervene=await _can_intervene(request),
+    )
     return render(request, "coordination/overview.html", context)
 
 
@@ -79,7 +89,13 @@ async def _summary_or_404(session_id: str):
 async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
     summary = await _summary_or_404(session_id)
     context = await session_detail_context(session_id, summary)
-    context["nav"] = "sessions"
+    user = await request.auser()
+    context.update(
+        nav="sessions",
+        can_intervene=await _can_intervene(request),
+        me=f"human:{user.get_username()}",
+        audit=await recent_audit(session_id),
+    )
     return render(request, "coordination/session_detail.html", context)
 
 

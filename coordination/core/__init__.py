@@ -7,7 +7,7 @@ It imports nothing from Django, so agents can use it in any process::
 
 from .atomic import AtomicOperations, Handoff
 from .connection import check_connection, redact_url
-from .coordinator import AgentCoordinator
+from .coordinator import DELETE, AgentCoordinator
 from .errors import (
     CoordinationError,
     InvalidAgentId,
@@ -30,6 +30,7 @@ from .keys import STATUSES
 
 __all__ = [
     "STATUSES",
+    "DELETE",
     "AgentCoordinator",
     "AgentPresence",
     "AtomicOperations",

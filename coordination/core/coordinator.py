@@ -30,7 +30,7 @@ from .scripts import (
 )
 
 _EVENT_ID = re.compile(r"^\d+(-\d+)?$")
-_MISSING = object()
+
 SUBSCRIBE_BATCH = 200
 # Blocking reads wait at most this long per round trip, so a dead server is noticed.
 MAX_BLOCK_SECONDS = 5.0
@@ -40,6 +40,14 @@ def validate_event_id(event_id: str, what: str = "event id") -> str:
     if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
         raise InvalidCursor(f"{what} {event_id!r} is not a stream id like '1700000000000-0'")
     return event_id
+
+
+class _Delete:
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE: Any = _Delete()
 
 
 class AgentCoordinator(RedisBacked):
@@ -218,14 +226,17 @@ class AgentCoordinator(RedisBacked):
         expected_versions: Mapping[str, int] | None = None,
         by: str | None = None,
     ) -> dict[str, int]:
-        """Set several keys at once: all are written, or (on a version conflict) none."""
+        """Set several keys at once: all are written, or (on a version conflict) none.
+
+        A value of ``DELETE`` removes that key. An expected version of 0 means "must not exist".
+        """
         return await self._update_state(dict(mapping), dict(expected_versions or {}), by)
 
     async def delete_state(
         self, key: str, *, expected_version: int | None = None, by: str | None = None
     ) -> bool:
         """Remove a key; returns False when it did not exist."""
-        versions = await self._update_state({key: _MISSING}, {key: expected_version}, by)
+        versions = await self._update_state({key: DELETE}, {key: expected_version}, by)
         return key in versions
 
     async def _update_state(
@@ -239,7 +250,7 @@ class AgentCoordinator(RedisBacked):
                 raise PayloadNotJSON(f"state keys must be non-empty strings, not {key!r}")
             text = (
                 ""
-                if value is _MISSING
+                if value is DELETE
                 else encode_json(value, f"state[{key!r}]", self.max_payload_bytes)
             )
             version = expected.get(key)

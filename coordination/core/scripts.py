@@ -231,7 +231,12 @@ for i = 0, n - 1 do
   local key, expected = ARGV[7 + i * 3], ARGV[9 + i * 3]
   if expected ~= '' then
     local current = tonumber(redis.call('HGET', K_VERSIONS, key) or '0')
-    if current ~= tonumber(expected) then
+    local stale = current ~= tonumber(expected)
+    if tonumber(expected) == 0 then
+      -- 0 means "the key must not exist" (a deleted key keeps its version number)
+      stale = redis.call('HEXISTS', K_STATE, key) == 1
+    end
+    if stale then
       return {0, key, current, redis.call('HGET', K_STATE, key) or ''}
     end
   end

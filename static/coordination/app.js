@@ -48,5 +48,9 @@
   document.addEventListener("htmx:wsError", function () { setLive("disconnected", "Disconnected, reconnecting…"); });
   document.addEventListener("htmx:wsAfterMessage", function () { refreshTimes(document); });
   document.addEventListener("htmx:afterSwap", function (e) { refreshTimes(e.target); });
+  document.addEventListener("htmx:afterRequest", function (e) {
+    var form = e.detail.elt;
+    if (e.detail.successful && form.hasAttribute && form.hasAttribute("data-reset-on-success")) form.reset();
+  });
   window.coordinator = { refreshTimes: refreshTimes, setLive: setLive, lastEventId: lastEventId };
 })();

@@ -18,7 +18,9 @@ async def receive_until(layer, channel, count, timeout=10):
     return got
 
 
-async def test_one_relay_leads_and_another_takes_over_resuming_from_the_cursor(redis_url, namespace, coordination_settings):
+async def test_one_relay_leads_and_another_takes_over_resuming_from_the_cursor(
+    redis_url, namespace, coordination_settings
+):
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(session_group("s-relay"), channel)
@@ -59,7 +61,9 @@ async def test_lists_get_coalesced_notices(redis_url, namespace, coordination_se
         while not relay.is_leader:
             await asyncio.sleep(0.01)
         for n in range(50):
-            await AgentCoordinator(f"s-{n % 5}", redis_url, namespace=namespace).publish(EventType.MESSAGE, {})
+            await AgentCoordinator(f"s-{n % 5}", redis_url, namespace=namespace).publish(
+                EventType.MESSAGE, {}
+            )
         seen: set[str] = set()
         notices = 0
         async with asyncio.timeout(10):

@@ -1,0 +1,228 @@
+"""Supervisor actions. Each goes through the core (atomic, published as an event with the actor)
+and leaves an ``AuditEntry``, refused attempts included. Views only parse forms and call these."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from .core import (
+    CoordinationError,
+    EventType,
+    InvalidAgentId,
+    NotHumanControlled,
+    NotOwner,
+    SessionClosed,
+    SessionSummary,
+    SessionTakenOver,
+)
+from .core.keys import validate_agent_id
+from .models import AuditEntry
+from .services import atomic_operations, coordinator, session_index
+from .templatetags.coordination_tags import humanize_age
+
+MAX_TEXT = 4000
+
+
+class InterventionRefused(Exception):
+    """The action was not done; the message says what changed or what is wrong."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    user: Any
+    address: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"human:{self.user.get_username()}"
+
+
+def snapshot(summary: SessionSummary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "status": summary.status,
+        "owner": summary.owner,
+        "controller": summary.controller,
+        "claim": summary.claim_agent,
+        "token": summary.claim_token,
+    }
+
+
+@sync_to_async
+def _audit(
+    actor: Actor, action: str, session_id: str, before, after, outcome: str, detail: str
+) -> None:
+    AuditEntry.objects.create(
+        actor=actor.user,
+        actor_name=actor.user.get_username(),
+        action=action,
+        session_id=session_id,
+        before=before,
+        after=after,
+        outcome=outcome,
+        detail=detail[:2000],
+        client_address=actor.address,
+    )
+
+
+async def _perform(actor: Actor, action: str, session_id: str, operation, detail: str = "") -> str:
+    """Run ``operation``, audit it (done or refused), and return the message for the page."""
+    index = session_index()
+    before = await index.get_session(session_id)
+    if before is None:
+        await _audit(actor, action, session_id, None, None, "refused", "unknown session")
+        raise InterventionRefused(f"Session {session_id!r} does not exist (or has expired).")
+    try:
+        message = await operation(before)
+    except InterventionRefused as exc:
+        await _audit(actor, action, session_id, snapshot(before), None, "refused", str(exc))
+        raise
+    except CoordinationError as exc:
+        refusal = _explain(exc)
+        await _audit(actor, action, session_id, snapshot(before), None, "refused", refusal)
+        raise InterventionRefused(refusal) from exc
+    after = await index.get_session(session_id)
+    await _audit(
+        actor, action, session_id, snapshot(before), snapshot(after), "done", detail or message
+    )
+    return message
+
+
+def _ago(since: float | None) -> str:
+    return humanize_age(time.time() - since) if since else "just now"
+
+
+def _explain(exc: CoordinationError) -> str:
+    if isinstance(exc, SessionTakenOver):
+        return f"Taken over by {exc.controller.removeprefix('human:')} {_ago(exc.since)}."
+    if isinstance(exc, SessionClosed):
+        return "The session is closed."
+    if isinstance(exc, NotHumanControlled):
+        return "No human controls this session any more."
+    if isinstance(exc, NotOwner):
+        if exc.current_owner:
+            return f"The claim changed since this page was drawn: it is now held by {exc.current_owner}."
+        return "The claim was released (or its lease expired) since this page was drawn."
+    return str(exc)
+
+
+def _text(value: str, what: str) -> str:
+    text = (value or "").strip()
+    if not text:
+        raise InterventionRefused(f"The {what} is empty.")
+    if len(text) > MAX_TEXT:
+        raise InterventionRefused(f"The {what} is {len(text)} characters; the limit is {MAX_TEXT}.")
+    return text
+
+
+def _agent(value: str) -> str:
+    try:
+        return validate_agent_id((value or "").strip())
+    except InvalidAgentId as exc:
+        raise InterventionRefused(f"Agent id: {exc}") from None
+
+
+def _expected(value: str | None) -> str | None:
+    """A form's hidden "what the page showed" value: absent means "do not check"."""
+    return None if value is None else value.strip()
+
+
+async def take_over(actor: Actor, session_id: str) -> str:
+    async def op(before):
+        took = await coordinator(session_id).take_over(actor.name)
+        return "You now control this session." if took else "You already control this session."
+
+    return await _perform(actor, AuditEntry.Action.TAKE_OVER, session_id, op)
+
+
+async def hand_back(
+    actor: Actor, session_id: str, to_agent: str, expected_controller: str | None
+) -> str:
+    target = _agent(to_agent) if to_agent.strip() else None
+
+    async def op(before):
+        await coordinator(session_id).hand_back(
+            target, by=actor.name, expected_controller=_expected(expected_controller)
+        )
+        return f"Handed back to {target}." if target else "Handed back to the queue."
+
+    return await _perform(actor, AuditEntry.Action.HAND_BACK, session_id, op)
+
+
+async def release(actor: Actor, session_id: str, expected_owner: str | None) -> str:
+    expected = _expected(expected_owner)
+
+    async def op(before):
+        ops = atomic_operations()
+        if expected:
+            await ops.release_handoff(session_id, expected, by=actor.name)
+            return f"Released {expected}'s claim."
+        if not await ops.release_handoff(session_id, by=actor.name):
+            raise InterventionRefused("Nobody holds a claim on this session.")
+        return "Released the claim."
+
+    return await _perform(actor, AuditEntry.Action.RELEASE, session_id, op)
+
+
+async def reassign(actor: Actor, session_id: str, to_agent: str, expected_owner: str | None) -> str:
+    target = _agent(to_agent)
+
+    async def op(before):
+        token = await atomic_operations().reassign_handoff(
+            session_id, target, by=actor.name, expected_owner=_expected(expected_owner)
+        )
+        return f"Reassigned to {target} (token {token})."
+
+    return await _perform(actor, AuditEntry.Action.REASSIGN, session_id, op, f"to {target}")
+
+
+async def reply(actor: Actor, session_id: str, text: str) -> str:
+    body = _text(text, "reply")
+
+    async def op(before):
+        if before.status == "closed":
+            raise InterventionRefused("The session is closed.")
+        await coordinator(session_id).publish(
+            EventType.MESSAGE,
+            {"role": "human", "from": actor.name, "text": body},
+            source=actor.name,
+        )
+        return "Reply sent."
+
+    return await _perform(actor, AuditEntry.Action.REPLY, session_id, op, body[:200])
+
+
+async def add_note(actor: Actor, session_id: str, text: str) -> str:
+    body = _text(text, "note")
+
+    async def op(before):
+        await coordinator(session_id).publish(
+            EventType.NOTE, {"by": actor.name, "text": body}, source=actor.name
+        )
+        return "Note added."
+
+    return await _perform(actor, AuditEntry.Action.NOTE, session_id, op, body[:200])
+
+
+async def close(actor: Actor, session_id: str) -> str:
+    async def op(before):
+        await coordinator(session_id).close(by=actor.name, reason="closed by a supervisor")
+        return "Session closed."
+
+    return await _perform(actor, AuditEntry.Action.CLOSE, session_id, op)
+
+
+async def claim_next_escalation(actor: Actor) -> tuple[str | None, str]:
+    """Take over the longest-waiting escalated session that nobody else grabbed first."""
+    for summary in await session_index().escalation_queue(limit=20):
+        try:
+            message = await take_over(actor, summary.session_id)
+        except InterventionRefused:
+            continue  # another supervisor was faster; try the next one
+        return summary.session_id, message
+    return None, "The escalation queue is empty."

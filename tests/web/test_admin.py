@@ -1,0 +1,117 @@
+"""Admin: audit log read-only, sessions from the index, shared-state edits with CAS."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.utils import timezone
+
+from coordination import AgentCoordinator, EventType
+from coordination.models import AuditEntry
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(client, django_user_model):
+    user = django_user_model.objects.create_user("boss", password="pw-boss-123456", is_staff=True)
+    user.groups.add(Group.objects.get(name="supervisors"))
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def coord(redis_url, namespace):
+    c = AgentCoordinator("s-admin", redis_url, namespace=namespace)
+    async_to_sync(c.update_state)({"plan": "A", "count": 1})
+    return c
+
+
+def form_for(page: str) -> dict:
+    """The hidden fields the editor rendered, as a browser would submit them."""
+    import re
+
+    data = dict(re.findall(r'type="hidden" name="([^"]+)" value="([^"]*)"', page))
+    data.pop("csrfmiddlewaretoken", None)
+    for name, text in re.findall(
+        r'<textarea id="[^"]+" name="(value-\d+)"[^>]*>([^<]*)</textarea>', page, re.S
+    ):
+        data[name] = text.replace("&quot;", '"')
+    data = {k: v.replace("&quot;", '"') for k, v in data.items()}
+    return data
+
+
+def test_sessions_list_and_state_edit_publishes_and_audits(staff, coord):
+    listing = staff.get("/admin/coordination/auditentry/sessions/").content.decode()
+    assert "s-admin" in listing and "Edit state" in listing
+    url = "/admin/coordination/auditentry/sessions/s-admin/state/"
+    data = form_for(staff.get(url).content.decode())
+    index = {v: k.split("-")[1] for k, v in data.items() if k.startswith("key-")}
+    data[f"value-{index['plan']}"] = '{"steps": [1, 2]}'
+    data[f"delete-{index['count']}"] = "on"
+    data["new_key"], data["new_value"] = "owner_note", '"vip"'
+    response = staff.post(url, data)
+    assert response.status_code == 302
+    assert async_to_sync(coord.get_all_state)() == {"plan": {"steps": [1, 2]}, "owner_note": "vip"}
+    changed = [e for e in async_to_sync(coord.events)() if e.type is EventType.STATE_CHANGED][-3:]
+    assert {e.data["key"] for e in changed} == {"plan", "count", "owner_note"}
+    assert all(e.data["by"] == "human:boss" for e in changed)
+    entry = AuditEntry.objects.get(action="state_edit")
+    assert entry.before["plan"] == "A" and entry.after["plan"] == {"steps": [1, 2]}
+
+
+def test_invalid_json_is_a_form_error(staff, coord):
+    url = "/admin/coordination/auditentry/sessions/s-admin/state/"
+    data = form_for(staff.get(url).content.decode())
+    key = next(k for k, v in data.items() if v == "plan").split("-")[1]
+    data[f"value-{key}"] = "{not json"
+    response = staff.post(url, data)
+    assert response.status_code == 400
+    assert "Not valid JSON" in response.content.decode()
+    assert async_to_sync(coord.get_state)("plan") == "A"
+
+
+def test_stale_edit_is_refused_showing_both_values(staff, coord):
+    url = "/admin/coordination/auditentry/sessions/s-admin/state/"
+    data = form_for(staff.get(url).content.decode())
+    async_to_sync(coord.set_state)("plan", "B")  # an agent changes it meanwhile
+    key = next(k for k, v in data.items() if v == "plan").split("-")[1]
+    data[f"value-{key}"] = '"C"'
+    body = staff.post(url, data).content.decode()
+    assert (
+        "Changed by someone else" in body
+        and "Yours: &quot;C&quot;" in body
+        and "now: &quot;B&quot;" in body
+    )
+    assert async_to_sync(coord.get_state)("plan") == "B"
+    assert AuditEntry.objects.get().outcome == "refused"
+
+
+def test_audit_is_read_only_in_admin_and_pruned_by_command(staff, supervisor):
+    entry = AuditEntry.objects.create(
+        actor=supervisor, actor_name="sup", action="note", session_id="s"
+    )
+    assert staff.get(f"/admin/coordination/auditentry/{entry.pk}/change/").status_code == 200
+    assert (
+        staff.post(
+            f"/admin/coordination/auditentry/{entry.pk}/delete/", {"post": "yes"}
+        ).status_code
+        == 403
+    )
+    AuditEntry.objects.filter(pk=entry.pk).update(created=timezone.now() - timedelta(days=40))
+    call_command("prune_audit", "--older-than", "30")
+    assert not AuditEntry.objects.exists()
+
+
+def test_unknown_session_state_page_is_404(staff):
+    assert staff.get("/admin/coordination/auditentry/sessions/nope/state/").status_code == 404
+
+
+def test_state_page_escapes_values(staff, coord):
+    async_to_sync(coord.set_state)("x", "</textarea><script>alert(1)</script>")
+    body = staff.get("/admin/coordination/auditentry/sessions/s-admin/state/").content.decode()
+    assert "<script>alert(1)</script>" not in body
