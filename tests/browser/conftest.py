@@ -119,7 +119,9 @@ def server_env(django_db_setup, django_db_blocker, redis_url, browser_namespace,
         supervisors, _ = Group.objects.get_or_create(name="supervisors")
         viewers, _ = Group.objects.get_or_create(name="viewers")
         for name, group in (("alice", supervisors), ("bob", supervisors), ("victor", viewers)):
-            user, _ = User.objects.get_or_create(username=name)
+            user, _ = User.objects.get_or_create(
+                username=name, defaults={"is_staff": name == "alice"}
+            )
             user.set_password(PASSWORD)
             user.save()
             user.groups.add(group)
