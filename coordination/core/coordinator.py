@@ -81,15 +81,20 @@ class AgentCoordinator(RedisBacked):
         data: Mapping[str, Any] | None = None,
         *,
         source: str | None = None,
+        guard: bool = False,
     ) -> Event:
-        """Append an event to the session; listeners receive it, late ones included."""
+        """Append an event to the session; listeners receive it, late ones included.
+
+        With ``guard=True`` (for agents) the event is refused with ``SessionTakenOver``,
+        in the same atomic step, while a human controls the session.
+        """
         etype = EventType.coerce(event_type)
         if etype in RESERVED_TYPES:
             raise ReservedEventType(
                 f"{etype.value} events are published by the operation that makes the change "
                 "(claim_handoff, release_handoff, reassign_handoff, take_over, hand_back, set_state)"
             )
-        return await self._publish(etype, data, source, strict_close=False)
+        return await self._publish(etype, data, source, strict_close=False, guard=guard)
 
     async def _publish(
         self,
@@ -97,6 +102,7 @@ class AgentCoordinator(RedisBacked):
         data: Mapping[str, Any] | None,
         source: str | None,
         strict_close: bool,
+        guard: bool = False,
     ) -> Event:
         payload = dict(data) if data is not None else {}
         text = encode_payload(payload, self.max_payload_bytes)
@@ -113,8 +119,11 @@ class AgentCoordinator(RedisBacked):
             presence_id,
             presence,
             "1" if strict_close else "0",
+            "1" if guard else "0",
         )
         if result[0] == 0:
+            if result[1] == "human":
+                raise SessionTakenOver(self.session_id, result[2], _seconds(result[3]))
             raise SessionClosed(self.session_id)
         entry_id = result[1]
         return Event(

@@ -94,9 +94,14 @@ local function emit(etype, data, source, new_status)
 end
 """
 
-# ARGV[5] type, [6] data JSON, [7] source, [8] presence agent id, [9] presence JSON, [10] strict close
+# ARGV[5] type, [6] data JSON, [7] source, [8] presence agent id, [9] presence JSON,
+# [10] strict close, [11] agent guard (refuse while a human controls the session)
 PUBLISH = r"""
 local etype = ARGV[5]
+if ARGV[11] == '1' then
+  local controller = meta('controller')
+  if controller ~= '' then return {0, 'human', controller, meta('taken_ms')} end
+end
 local status = meta('status')
 local new_status = nil
 if etype == 'session_closed' then

@@ -155,3 +155,14 @@ async def test_redis_down_names_the_url_without_password():
     with pytest.raises(RedisUnavailable) as info:
         await coord.publish(EventType.MESSAGE, {})
     assert "127.0.0.1:1" in str(info.value) and "hunter2" not in str(info.value)
+
+
+async def test_guarded_publish_is_refused_atomically_while_a_human_controls(make):
+    coord = make.coordinator("s-guarded", source="bot")
+    await coord.publish(EventType.MESSAGE, {"n": 1}, guard=True)
+    await coord.take_over("human:ann")
+    with pytest.raises(SessionTakenOver) as info:
+        await coord.publish(EventType.MESSAGE, {"n": 2}, guard=True)
+    assert info.value.controller == "human:ann"
+    assert [e.type for e in await coord.events()] == [EventType.MESSAGE, EventType.HUMAN_TAKEOVER]
+    await coord.publish(EventType.NOTE, {"text": "unguarded writes still work"})
