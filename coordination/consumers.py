@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.template.loader import render_to_string
 
 from .core import CoordinationError, EventType, InvalidCursor, RedisUnavailable
@@ -42,6 +43,8 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user = user
         self.can_intervene = await database_sync_to_async(user.has_perm)("coordination.intervene")
+        # Live fragments hold forms too; without a request they need the token given to them.
+        self.csrf_token = self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
         await super().websocket_connect(message)
 
 
@@ -77,7 +80,7 @@ class SessionsConsumer(LoginRequiredConsumer):
 
     async def _send_overview(self):
         context = await overview_context(self.index)
-        context["can_intervene"] = self.can_intervene
+        context.update(can_intervene=self.can_intervene, csrf_token=self.csrf_token)
         await self.send(text_data=render_overview_live(context))
 
     async def _send_rows(self, session_ids: list[str]):
@@ -182,6 +185,7 @@ class SessionConsumer(LoginRequiredConsumer):
             "oob": True,
             "can_intervene": self.can_intervene,
             "me": f"human:{self.user.get_username()}",
+            "csrf_token": self.csrf_token,
         }
         return "".join(
             render_to_string(f"coordination/session_detail.html#{part}", context)

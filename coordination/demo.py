@@ -76,6 +76,7 @@ class Fleet:
         self.index = SessionIndex(self.redis_url, namespace=self.namespace)
         self.active: dict[str, asyncio.Task] = {}
         self.workers: dict[str, asyncio.Task] = {}
+        self.outcomes: dict[str, str] = {}  # session id -> why its last agent stopped
         model = None if os.environ.get("OPENAI_API_KEY") else ScriptedModel()
         if model is not None:
             set_tracing_disabled(True)
@@ -203,7 +204,14 @@ class Fleet:
             return
         task = asyncio.create_task(self.specialist(session_id, agent, claim=claim, delay=delay))
         self.workers[key] = task
-        task.add_done_callback(lambda t, k=key: self.workers.pop(k, None))
+        task.add_done_callback(lambda t, k=key: self._finished(k, t))
+
+    def _finished(self, key: str, task: asyncio.Task) -> None:
+        self.workers.pop(key, None)
+        if not task.cancelled() and task.exception() is None:
+            self.outcomes[key.split("|", 1)[0]] = task.result()
+        elif not task.cancelled():
+            log.warning("demo agent failed in %s: %r", key, task.exception())
 
     async def specialist(
         self, session_id: str, agent: str | None, *, claim: bool, delay: float = 0.0

@@ -1,0 +1,72 @@
+"""With the demo fleet running, the dashboard shows live sessions and escalations, and a
+supervisor's takeover stops the fleet in that session."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from playwright.sync_api import expect
+
+from coordination import EventType
+from coordination.demo import Fleet, FleetSettings
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def fleet(redis_url, browser_namespace, agent_loop):
+    settings = FleetSettings(
+        sessions=4,
+        rate=300,
+        pace=0.4,
+        turns=(6, 8),
+        escalation_chance=0.6,
+        prefix=f"demo{uuid.uuid4().hex[:6]}",
+        seed=7,
+    )
+    fleet = Fleet(redis_url, browser_namespace, settings)
+    task = asyncio.run_coroutine_threadsafe(fleet.run(), agent_loop)
+    yield fleet
+    task.cancel()
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def test_overview_is_live_and_takeover_stops_the_fleet(asgi_server, page_factory, fleet, core):
+    page = page_factory(asgi_server.url)
+    page.goto(f"{asgi_server.url}/")
+    expect(page.locator("[data-live-indicator]")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#escalation-queue")).to_contain_text(fleet.settings.prefix, timeout=30_000)
+    expect(page.locator("#agents-online")).to_contain_text("billing_specialist")
+
+    page.get_by_role("button", name="Take over the longest waiting").click()
+    expect(page.locator("#session-summary")).to_contain_text("human:alice")
+
+    # Now sessions an agent is working on right now: take one over from its page. An agent
+    # may finish (escalate) between our pick and the click; then pick another one.
+    outcomes = []
+    for _ in range(5):
+        wait_for(lambda: any(not t.done() for t in list(fleet.workers.values())))
+        session_id = next(k.split("|")[0] for k, t in list(fleet.workers.items()) if not t.done())
+        page.goto(f"{asgi_server.url}/sessions/{session_id}/")
+        page.get_by_role("button", name="Take over").click()
+        expect(page.locator("#action-result")).to_have_text("You now control this session.")
+        wait_for(lambda sid=session_id: fleet.outcomes.get(sid) is not None)
+        outcomes.append(fleet.outcomes[session_id])
+        events = core.run(session_id, lambda c: c.events(limit=1000))
+        takeover = max(i for i, e in enumerate(events) if e.type is EventType.HUMAN_TAKEOVER)
+        assert [
+            e for e in events[takeover + 1 :] if e.source and not e.source.startswith("human:")
+        ] == []
+        if outcomes[-1] == "taken over":
+            break
+    assert outcomes[-1] == "taken over", outcomes
