@@ -69,6 +69,7 @@ class Fleet:
     redis_url: str | None = None
     namespace: str | None = None
     settings: FleetSettings = field(default_factory=FleetSettings)
+    offline: bool | None = None  # None: offline unless OPENAI_API_KEY is set
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.settings.seed)
@@ -77,7 +78,8 @@ class Fleet:
         self.active: dict[str, asyncio.Task] = {}
         self.workers: dict[str, asyncio.Task] = {}
         self.outcomes: dict[str, str] = {}  # session id -> why its last agent stopped
-        model = None if os.environ.get("OPENAI_API_KEY") else ScriptedModel()
+        offline = not os.environ.get("OPENAI_API_KEY") if self.offline is None else self.offline
+        model = ScriptedModel() if offline else None
         if model is not None:
             set_tracing_disabled(True)
         self.triage_agent = Agent(
@@ -143,7 +145,7 @@ class Fleet:
                 session_id = f"{self.settings.prefix}-{uuid.uuid4().hex[:8]}"
                 task = asyncio.create_task(self.triage(session_id, n))
                 self.active[session_id] = task
-                task.add_done_callback(lambda t, s=session_id: self.active.pop(s, None))
+                task.add_done_callback(lambda t, s=session_id: self._triaged(s, t))
             await asyncio.sleep(60.0 / self.settings.rate if self.settings.rate > 0 else 3600)
 
     async def triage(self, session_id: str, n: int = 0) -> str:
@@ -205,6 +207,11 @@ class Fleet:
         task = asyncio.create_task(self.specialist(session_id, agent, claim=claim, delay=delay))
         self.workers[key] = task
         task.add_done_callback(lambda t, k=key: self._finished(k, t))
+
+    def _triaged(self, session_id: str, task: asyncio.Task) -> None:
+        self.active.pop(session_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("triage failed in %s: %r", session_id, task.exception())
 
     def _finished(self, key: str, task: asyncio.Task) -> None:
         self.workers.pop(key, None)

@@ -27,7 +27,7 @@ def fleet(redis_url, browser_namespace, agent_loop):
         prefix=f"demo{uuid.uuid4().hex[:6]}",
         seed=7,
     )
-    fleet = Fleet(redis_url, browser_namespace, settings)
+    fleet = Fleet(redis_url, browser_namespace, settings, offline=True)
     task = asyncio.run_coroutine_threadsafe(fleet.run(), agent_loop)
     yield fleet
     task.cancel()

@@ -18,7 +18,10 @@ set_tracing_disabled(True)
 @pytest.fixture
 def fleet(redis_url, namespace):
     return Fleet(
-        redis_url, namespace, FleetSettings(pace=0, turns=(3, 3), escalation_chance=0, seed=1)
+        redis_url,
+        namespace,
+        FleetSettings(pace=0, turns=(3, 3), escalation_chance=0, seed=1),
+        offline=True,
     )
 
 
@@ -112,7 +115,10 @@ async def test_reassign_makes_the_new_agent_pick_the_session_up(fleet, make):
 
 async def test_fleet_runs_sessions_end_to_end(redis_url, namespace, make):
     fleet = Fleet(
-        redis_url, namespace, FleetSettings(sessions=3, rate=600, duration=4, pace=0.05, seed=3)
+        redis_url,
+        namespace,
+        FleetSettings(sessions=3, rate=600, duration=4, pace=0.05, seed=3),
+        offline=True,
     )
     await fleet.run()
     index = make.index()

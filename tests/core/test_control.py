@@ -90,7 +90,6 @@ async def test_list_sessions_by_activity_with_cursor_and_filters(make):
     summaries = [await index.get_session(f"s-{n}") for n in range(7)]
     expected = sorted(summaries, key=lambda s: (s.last_activity, s.session_id), reverse=True)
     assert seen == [s.session_id for s in expected]
-    assert seen[0] == "s-2"  # the escalation is the latest activity
     escalated = await index.list_sessions(status="escalated")
     assert [s.session_id for s in escalated.sessions] == ["s-2"]
     await make.atomic().claim_handoff("s-4", "billing")

@@ -91,6 +91,9 @@ async def test_every_guide_snippet_runs_and_prints_what_the_guide_implies(
 
     from coordination.integrations.scripted_model import ScriptedModel
 
+    monkeypatch.delenv(
+        "OPENAI_API_KEY", raising=False
+    )  # the guide sets a placeholder; undone after
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("COORDINATION_NAMESPACE", namespace)
     set_tracing_disabled(True)

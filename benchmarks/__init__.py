@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks`` (quick) or ``python -m benchmarks --full``."""

@@ -1,0 +1,115 @@
+"""Run the benchmarks, print ``name: ours, baseline, ratio`` and write benchmarks/results/."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+
+from . import core_ops, dashboard
+from .common import drop_namespace, new_namespace, redis_url
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def fmt(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--full", action="store_true", help="more rounds, 100,000 sessions, soak")
+    parser.add_argument("--machine", default=socket.gethostname())
+    args = parser.parse_args()
+    url, embedded = redis_url()
+    namespace = new_namespace()
+    full = args.full
+    rows = []
+    started = time.time()
+    try:
+        rows += asyncio.run(run_core(url, namespace, full))
+        site = dashboard.Site(url, namespace)
+        rows += asyncio.run(dashboard.bench_pages(site, [100, 10_000, 100_000], 100_000))
+        server = dashboard.Server(site)
+        try:
+            for rate in (100, 1000):
+                rows.append(
+                    asyncio.run(
+                        dashboard.bench_websocket(site, server, rate, 5 if not full else 20)
+                    )
+                )
+            if full:
+                rss_start = server.rss_mb()
+                soak = asyncio.run(dashboard.bench_websocket(site, server, 500, 600, clients=20))
+                soak.name = "soak: 10 min at 500/s, 20 websockets"
+                soak.extra["rss_mb"] = [rss_start, server.rss_mb()]
+                soak.spread += f"; server RSS {rss_start:.0f} -> {server.rss_mb():.0f} MB"
+                rows.append(soak)
+        finally:
+            server.stop()
+    finally:
+        drop_namespace(url, namespace)
+        if embedded:
+            embedded.stop()
+    report(rows, args.machine, full, time.time() - started, url)
+
+
+async def run_core(url, ns, full):
+    ops, rounds = (2000, 7) if full else (600, 5)
+    rows = []
+    for concurrency in (1, 16):
+        per_client = ops if concurrency == 1 else max(50, ops // 8)
+        rows.append(await core_ops.bench_publish(url, ns, concurrency, per_client, rounds))
+        rows.append(await core_ops.bench_claims(url, ns, concurrency, per_client, rounds))
+        rows.append(await core_ops.bench_state(url, ns, concurrency, per_client, rounds))
+    rows.append(await core_ops.bench_subscribe_latency(url, ns, 1000, 5 if not full else 20))
+    rows += await core_ops.bench_upstream(url, ns, ops, rounds)
+    return rows
+
+
+def report(rows, machine, full, seconds, url):
+    print(f"\n{'benchmark':<58} {'ours':>12} {'baseline':>12} {'ratio':>7}  unit")
+    for r in rows:
+        print(
+            f"{r.name:<58} {fmt(r.ours):>12} {fmt(r.baseline):>12} {fmt(r.ratio):>7}  {r.unit}  [{r.target}]"
+        )
+        print(f"{'':<58} {r.spread}")
+    RESULTS.mkdir(exist_ok=True)
+    meta = {
+        "machine": machine,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "mode": "full" if full else "quick",
+        "seconds": round(seconds),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    base = RESULTS / f"{machine}-{meta['mode']}"
+    base.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=2)
+    )
+    lines = [
+        f"# Benchmarks ({meta['mode']}) on {machine}, {meta['when']}",
+        "",
+        f"Python {meta['python']}, {meta['platform']}; {meta['seconds']} s.",
+        "",
+        "| benchmark | ours | baseline | ratio | unit | target | spread |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.name} | {fmt(r.ours)} | {fmt(r.baseline)} | {fmt(r.ratio)} | {r.unit} | {r.target} | {r.spread} |"
+        for r in rows
+    ]
+    base.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"\nwrote {base}.json and {base}.md")
+
+
+if __name__ == "__main__":
+    main()
