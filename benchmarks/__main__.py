@@ -28,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--full", action="store_true", help="more rounds, 100,000 sessions, soak")
     parser.add_argument("--machine", default=socket.gethostname())
+    parser.add_argument("--only", choices=["core", "dashboard"], help="run one group")
     args = parser.parse_args()
     url, embedded = redis_url()
     namespace = new_namespace()
@@ -35,7 +36,10 @@ def main() -> None:
     rows = []
     started = time.time()
     try:
-        rows += asyncio.run(run_core(url, namespace, full))
+        if args.only != "dashboard":
+            rows += asyncio.run(run_core(url, namespace, full))
+        if args.only == "core":
+            return report(rows, args.machine + "-core", full, time.time() - started, url)
         site = dashboard.Site(url, namespace)
         rows += asyncio.run(dashboard.bench_pages(site, [100, 10_000, 100_000], 100_000))
         server = dashboard.Server(site)

@@ -12,6 +12,7 @@ import types
 import redis.asyncio as aioredis
 
 from coordination import AgentCoordinator, AtomicOperations, EventType
+from coordination.core.connection import new_client
 
 from .common import Row, Stopwatch, percentile, spread
 
@@ -42,16 +43,20 @@ async def _throughput(clients, make_op, ops_per_client: int) -> float:
 async def compare(
     name, url, namespace, ours, baseline, *, concurrency, ops, rounds, unit="ops/s", target=""
 ):
+    """Ours runs on clients made the way the library makes them (``new_client``), the
+    baseline on plain redis-py clients, as a user would write it."""
     clients = await _clients(url, concurrency)
+    our_clients = [new_client(url) for _ in range(concurrency)]
+    await asyncio.gather(*(c.ping() for c in our_clients))
     try:
-        await _throughput(clients, ours, max(10, ops // 20))  # warm up scripts and pools
+        await _throughput(our_clients, ours, max(10, ops // 20))  # warm up scripts and pools
         await _throughput(clients, baseline, max(10, ops // 20))
         mine, base = [], []
         for _ in range(rounds):  # interleaved, so drift hits both sides alike
-            mine.append(await _throughput(clients, ours, ops))
+            mine.append(await _throughput(our_clients, ours, ops))
             base.append(await _throughput(clients, baseline, ops))
     finally:
-        await asyncio.gather(*(c.aclose() for c in clients))
+        await asyncio.gather(*(c.aclose() for c in clients + our_clients))
     return Row(
         f"{name} (c={concurrency})",
         statistics.median(mine),

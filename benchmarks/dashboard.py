@@ -37,6 +37,7 @@ class Site:
             "COORDINATION_NAMESPACE": namespace,
             "COORDINATION_VAR_DIR": self.tmp,
             "DEBUG": "true",
+            "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
         }
         os.environ.update({k: v for k, v in self.env.items() if k != "PATH"})
         import django

@@ -18,13 +18,14 @@ from .core.keys import validate_session_id
 from .fragments import (
     SUMMARY_EVENTS,
     SessionFilters,
-    event_context,
+    dom_id,
+    event_item,
     header_context,
     overview_context,
     render_overview_live,
     render_session_row,
 )
-from .live import SESSIONS_GROUP, dom_id, parse_event_id, session_group
+from .live import SESSIONS_GROUP, parse_event_id, session_group
 from .services import coordinator, session_index
 
 log = logging.getLogger(__name__)
@@ -140,31 +141,29 @@ class SessionConsumer(LoginRequiredConsumer):
             return
         self.last_sent = parse_event_id(after)
         events = await coordinator(self.session_id).events(after=after, limit=REPLAY_LIMIT)
-        await self._send_events([event_context(e) for e in events], refresh=bool(events))
+        await self._send_events([event_item(e) for e in events], refresh=bool(events))
         buffered, self.buffer, self.resumed = self.buffer, [], True
         await self._send_events(buffered, refresh=False)
 
-    async def session_event(self, message):
+    async def session_events(self, message):
         if not self.resumed:
             if len(self.buffer) < BUFFER_LIMIT:
-                self.buffer.append(message["event"])
+                self.buffer.extend(message["events"])
             return  # beyond the limit the replay from Redis covers it
-        await self._send_events([message["event"]], refresh=True)
+        await self._send_events(message["events"], refresh=True)
 
-    async def _send_events(self, events: list[dict], *, refresh: bool) -> None:
+    async def _send_events(self, items: list[dict], *, refresh: bool) -> None:
+        """Send the items (id, type, rendered row) not sent yet, newest on top."""
         fresh = []
-        for event in events:
-            key = parse_event_id(event["id"])
+        for item in items:
+            key = parse_event_id(item["id"])
             if self.last_sent is not None and key <= self.last_sent:
                 continue
             self.last_sent = key
-            fresh.append(event)
+            fresh.append(item)
         if not fresh:
             return
-        rows = "".join(
-            render_to_string("coordination/session_detail.html#event-row", {"ev": event_context(e)})
-            for e in reversed(fresh)
-        )
+        rows = "".join(item["html"] for item in reversed(fresh))
         parts = [
             f'<ol hx-swap-oob="afterbegin:#timeline">{rows}</ol>',
             '<li id="timeline-empty" hx-swap-oob="delete"></li>',

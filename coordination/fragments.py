@@ -4,6 +4,7 @@ looks the same whether it came with the page or by live update."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -13,7 +14,6 @@ from django.conf import settings
 from django.template.loader import render_to_string
 
 from .core import STATUSES, Event, EventType, SessionIndex, SessionSummary
-from .live import dom_id
 from .services import coordinator, session_index
 
 TIMELINE_PAGE = 50
@@ -70,6 +70,11 @@ class SessionFilters:
         return urlencode({k: v for k, v in values.items() if v})
 
 
+def dom_id(session_id: str) -> str:
+    """A DOM id for a session's row (ids may hold any character; the digest is safe)."""
+    return "session-" + hashlib.sha1(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
 def event_context(event: Event | dict) -> dict[str, Any]:
     if isinstance(event, dict):
         data = event
@@ -90,6 +95,13 @@ def event_context(event: Event | dict) -> dict[str, Any]:
         "timestamp": event.timestamp,
         "session_id": event.session_id,
     }
+
+
+def event_item(event: Event | dict) -> dict[str, str]:
+    """An event as live updates carry it: its id and type, and its timeline row, rendered once."""
+    context = event_context(event)
+    html = render_to_string("coordination/session_detail.html#event-row", {"ev": context})
+    return {"id": context["id"], "type": context["type"], "html": html}
 
 
 async def overview_context(index: SessionIndex) -> dict[str, Any]:

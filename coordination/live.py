@@ -22,6 +22,7 @@ from django.conf import settings
 
 from .core import RedisUnavailable, SessionIndex
 from .core.scripts import Script
+from .fragments import event_item
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,6 @@ return 0
 def session_group(session_id: str) -> str:
     """Channel-layer group names allow few characters, so a session's group is its digest."""
     return "coord.session." + hashlib.sha1(session_id.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def dom_id(session_id: str) -> str:
-    return "session-" + hashlib.sha1(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def parse_event_id(event_id: str) -> tuple[int, int]:
@@ -151,13 +148,15 @@ class Relay:
         changed: set[str] = set()
         while True:
             entries = await self.index.read_feed(cursor, count=500, block=self.flush_interval)
+            # One message per session and batch, its rows rendered here once for every browser.
+            by_session: dict[str, list] = {}
             for entry in entries:
-                event = entry.event
+                by_session.setdefault(entry.event.session_id, []).append(event_item(entry.event))
+            for session_id, items in by_session.items():
                 await layer.group_send(
-                    session_group(event.session_id),
-                    {"type": "session.event", "event": event.as_dict()},
+                    session_group(session_id), {"type": "session.events", "events": items}
                 )
-                changed.add(event.session_id)
+                changed.add(session_id)
             if entries:
                 cursor = entries[-1].feed_id
                 self.relayed += len(entries)

@@ -58,7 +58,10 @@ local function grant_claim(agent, ttl)
   return token
 end
 
-local function emit(etype, data, source, new_status)
+-- Appends the event to the session stream and the global feed, and keeps the index current.
+-- ``old_status`` may be passed when the caller already read it. Expiry of the session's keys
+-- slides with activity but is refreshed at most once a minute, to keep publishing cheap.
+local function emit(etype, data, source, new_status, old_status)
   local id
   if source ~= nil and source ~= '' then
     id = redis.call('XADD', K_EVENTS, 'MAXLEN', '~', STREAM_CAP, '*', 't', etype, 'd', data, 'src', source)
@@ -68,7 +71,8 @@ local function emit(etype, data, source, new_status)
     redis.call('XADD', K_FEED, 'MAXLEN', '~', FEED_CAP, '*', 's', SID, 'e', id, 't', etype, 'd', data)
   end
   local ms = tonumber(string.match(id, '^(%d+)'))
-  local old_status = meta('status')
+  local current = redis.call('HMGET', K_META, 'status', 'ttl_ms')
+  old_status = old_status or current[1] or ''
   local status = new_status or old_status
   if status == '' then status = 'active' end
   if old_status == '' then
@@ -77,18 +81,21 @@ local function emit(etype, data, source, new_status)
   elseif old_status ~= status then
     redis.call('ZREM', K_STATUS[old_status], SID)
   end
-  redis.call('HSET', K_META, 'status', status, 'last_id', id, 'last_type', etype, 'last_ms', ms)
+  local refresh = ms - tonumber(current[2] or '0') > 60000
+  if refresh then
+    redis.call('HSET', K_META, 'status', status, 'last_id', id, 'last_type', etype, 'last_ms', ms, 'ttl_ms', ms)
+    for _, key in ipairs({K_EVENTS, K_META, K_STATE, K_VERSIONS}) do
+      redis.call('PEXPIRE', key, RETENTION)
+    end
+  else
+    redis.call('HSET', K_META, 'status', status, 'last_id', id, 'last_type', etype, 'last_ms', ms)
+  end
   redis.call('ZADD', K_STATUS[status], ms, SID)
   redis.call('ZADD', K_ACTIVITY, ms, SID)
   local minute = math.floor(ms / 60000)
-  redis.call('HINCRBY', K_STATS, minute, 1)
-  redis.call('HDEL', K_STATS, minute - 60)
-  redis.call('PEXPIRE', K_STATS, 3600000)
-  redis.call('PEXPIRE', K_EVENTS, RETENTION)
-  redis.call('PEXPIRE', K_META, RETENTION)
-  if redis.call('EXISTS', K_STATE) == 1 then
-    redis.call('PEXPIRE', K_STATE, RETENTION)
-    redis.call('PEXPIRE', K_VERSIONS, RETENTION)
+  if redis.call('HINCRBY', K_STATS, minute, 1) == 1 then
+    redis.call('HDEL', K_STATS, minute - 60)
+    redis.call('PEXPIRE', K_STATS, 3600000)
   end
   return id
 end
@@ -98,11 +105,11 @@ end
 # [10] strict close, [11] agent guard (refuse while a human controls the session)
 PUBLISH = r"""
 local etype = ARGV[5]
-if ARGV[11] == '1' then
-  local controller = meta('controller')
-  if controller ~= '' then return {0, 'human', controller, meta('taken_ms')} end
+local m = redis.call('HMGET', K_META, 'status', 'controller')
+if ARGV[11] == '1' and m[2] and m[2] ~= '' then
+  return {0, 'human', m[2], meta('taken_ms')}
 end
-local status = meta('status')
+local status = m[1] or ''
 local new_status = nil
 if etype == 'session_closed' then
   if ARGV[10] == '1' and status == 'closed' then return {0, 'closed'} end
@@ -125,7 +132,7 @@ if ARGV[8] ~= '' then
   redis.call('HSET', K_AGENTS, ARGV[8], ARGV[9])
   redis.call('ZADD', K_SEEN, NOW, ARGV[8])
 end
-return {1, emit(etype, ARGV[6], ARGV[7], new_status)}
+return {1, emit(etype, ARGV[6], ARGV[7], new_status, status)}
 """
 
 # ARGV[5] agent, [6] ttl ms
@@ -263,6 +270,11 @@ for i = 0, n - 1 do
     local version = redis.call('HINCRBY', K_VERSIONS, key, 1)
     local data = '{"key":' .. cjson.encode(key) .. ',"old":' .. (old or 'null') .. ',"new":' .. new .. ',"version":' .. version .. tail .. ',"by":' .. jstr(ARGV[5]) .. '}'
     emit('state_changed', data, ARGV[5], nil)
+    if redis.call('PTTL', K_STATE) == -1 then
+      -- a state hash created between two expiry refreshes must not outlive its session
+      redis.call('PEXPIRE', K_STATE, RETENTION)
+      redis.call('PEXPIRE', K_VERSIONS, RETENTION)
+    end
     table.insert(result, key)
     table.insert(result, version)
   end

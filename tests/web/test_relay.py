@@ -11,10 +11,13 @@ from coordination.live import SESSIONS_GROUP, Relay, session_group
 
 
 async def receive_until(layer, channel, count, timeout=10):
+    """Event items from ``session.events`` messages, until ``count`` arrived."""
     got = []
     async with asyncio.timeout(timeout):
         while len(got) < count:
-            got.append(await layer.receive(channel))
+            message = await layer.receive(channel)
+            assert message["type"] == "session.events"
+            got.extend(message["events"])
     return got
 
 
@@ -35,14 +38,15 @@ async def test_one_relay_leads_and_another_takes_over_resuming_from_the_cursor(
     try:
         published = [await coord.publish(EventType.MESSAGE, {"n": n}) for n in range(3)]
         got = await receive_until(layer, channel, 3)
-        assert [m["event"]["id"] for m in got] == [e.id for e in published]
+        assert [m["id"] for m in got] == [e.id for e in published]
+        assert all(f'data-event-id="{m["id"]}"' in m["html"] for m in got)
         assert not second.is_leader
 
         t1.cancel()  # the leading worker dies; its lease is released on the way out
         await asyncio.gather(t1, return_exceptions=True)
         more = [await coord.publish(EventType.MESSAGE, {"n": n}) for n in range(3, 6)]
         got = await receive_until(layer, channel, 3)
-        assert [m["event"]["id"] for m in got] == [e.id for e in more]
+        assert [m["id"] for m in got] == [e.id for e in more]
         assert second.is_leader
     finally:
         t2.cancel()
