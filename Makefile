@@ -45,9 +45,11 @@ test: $(VENV)/.installed-test browser lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
+	-$(PY) -m pip install --quiet --no-deps redis-openai-agents  # upstream, for the comparison row
 	$(PY) -m benchmarks
 
 bench-full: $(VENV)/.installed-test
+	-$(PY) -m pip install --quiet --no-deps redis-openai-agents
 	$(PY) -m benchmarks --full
 
 clean:
