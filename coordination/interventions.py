@@ -13,13 +13,14 @@ from .core import (
     CoordinationError,
     EventType,
     InvalidAgentId,
+    InvalidSessionId,
     NotHumanControlled,
     NotOwner,
     SessionClosed,
     SessionSummary,
     SessionTakenOver,
 )
-from .core.keys import validate_agent_id
+from .core.keys import validate_agent_id, validate_session_id
 from .models import AuditEntry
 from .services import atomic_operations, coordinator, session_index
 from .templatetags.coordination_tags import humanize_age
@@ -73,6 +74,10 @@ def _audit(
 async def _perform(actor: Actor, action: str, session_id: str, operation, detail: str = "") -> str:
     """Run ``operation``, audit it (done or refused), and return the message for the page."""
     index = session_index()
+    try:
+        validate_session_id(session_id)
+    except InvalidSessionId as exc:
+        raise InterventionRefused(f"Bad session id: {exc}") from None
     before = await index.get_session(session_id)
     if before is None:
         await _audit(actor, action, session_id, None, None, "refused", "unknown session")

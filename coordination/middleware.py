@@ -3,9 +3,10 @@
 import logging
 
 from django.conf import settings
+from django.http import HttpResponse
 from django.shortcuts import render
 
-from .core import RedisUnavailable, redact_url
+from .core import CoordinationError, RedisUnavailable, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ class ContentSecurityPolicyMiddleware:
         return response
 
 
-class RedisUnavailableMiddleware:
-    """Render a clear 503 page, not a traceback, when Redis cannot be reached."""
+class CoordinationErrorMiddleware:
+    """Errors from the core become clear answers, never a traceback: Redis down is a 503
+    page; bad input (a malformed session id, cursor or agent id) is a 400 saying what is wrong."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -39,6 +41,11 @@ class RedisUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
+        if isinstance(exception, CoordinationError) and not isinstance(exception, RedisUnavailable):
+            status = 400 if isinstance(exception, ValueError) else 409
+            return HttpResponse(
+                str(exception), status=status, content_type="text/plain; charset=utf-8"
+            )
         if not isinstance(exception, RedisUnavailable):
             return None
         log.warning("503 for %s: %s", request.path, exception)

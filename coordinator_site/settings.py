@@ -98,7 +98,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
-    "coordination.middleware.RedisUnavailableMiddleware",
+    "coordination.middleware.CoordinationErrorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -138,6 +138,16 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{COORDINATION_NAMESPACE}:asgi"},
     }
 }
+
+# The shared cache (login throttle) lives in the same Redis, so all workers agree.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"{COORDINATION_NAMESPACE}:cache",
+    }
+}
+LOGIN_THROTTLE_SECONDS = int(env_number("LOGIN_THROTTLE_SECONDS", 900))
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -26,8 +26,12 @@ def pytest_sessionfinish(session, exitstatus):
     if not FIGURES:
         return
     OUT.parent.mkdir(exist_ok=True)
-    lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, slow={session.config.getoption('--slow')}", "",
-             "| what | tried | held |", "|---|---|---|"]
+    lines = [
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, slow={session.config.getoption('--slow')}",
+        "",
+        "| what | tried | held |",
+        "|---|---|---|",
+    ]
     lines += [f"| {w} | {t} | {h} |" for w, t, h in FIGURES]
     OUT.write_text("\n".join(lines) + "\n")
 

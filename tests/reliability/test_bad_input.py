@@ -23,7 +23,13 @@ from coordination import (
 EXAMPLES = 150
 COMMON = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text())
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(),
+)
 anything = st.recursive(
     st.one_of(json_leaf, st.binary(max_size=4), st.sets(st.integers(), max_size=2)),
     lambda children: st.one_of(
@@ -99,7 +105,10 @@ def test_event_types(redis_url, namespace, ns_keys, event_type):
 
     before = ns_keys()
     result = run(go())
-    TALLY["event type " + ("refused" if result is None or isinstance(result, Exception) else "accepted")] += 1
+    TALLY[
+        "event type "
+        + ("refused" if result is None or isinstance(result, Exception) else "accepted")
+    ] += 1
     if result is None or isinstance(result, Exception):
         assert ns_keys() == before
     else:

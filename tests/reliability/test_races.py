@@ -23,12 +23,18 @@ async def test_exactly_one_claimer_wins_every_round(redis_url, namespace, slow, 
     bad_rounds = []
     try:
         for r in range(rounds):
-            results = await asyncio.gather(*(op.claim_handoff(f"race-{r}", f"a{i}") for i, op in enumerate(ops)))
+            results = await asyncio.gather(
+                *(op.claim_handoff(f"race-{r}", f"a{i}") for i, op in enumerate(ops))
+            )
             if results.count(True) != 1:
                 bad_rounds.append((r, results.count(True)))
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
-    figures("claim race", f"{rounds} rounds x {claimers} claimers, one connection each", f"{rounds - len(bad_rounds)}/{rounds} rounds had exactly one winner")
+    figures(
+        "claim race",
+        f"{rounds} rounds x {claimers} claimers, one connection each",
+        f"{rounds - len(bad_rounds)}/{rounds} rounds had exactly one winner",
+    )
     assert bad_rounds == []
 
 
@@ -41,12 +47,19 @@ async def test_paused_owner_loses_its_lease(make, figures):
     assert await atomic.claim_handoff("lease", "awake")
     second = await atomic.get_handoff("lease")
     refused = 0
-    for call in (atomic.release_handoff("lease", "sleepy"), atomic.renew_handoff("lease", "sleepy")):
+    for call in (
+        atomic.release_handoff("lease", "sleepy"),
+        atomic.renew_handoff("lease", "sleepy"),
+    ):
         try:
             await call
         except NotOwner:
             refused += 1
-    figures("lease expiry", "owner paused past its TTL; renew and release afterwards", f"{refused}/2 refused with NotOwner; fencing token {first.token} < {second.token}")
+    figures(
+        "lease expiry",
+        "owner paused past its TTL; renew and release afterwards",
+        f"{refused}/2 refused with NotOwner; fencing token {first.token} < {second.token}",
+    )
     assert refused == 2 and first.token < second.token
 
 
@@ -70,7 +83,21 @@ def replay(events) -> tuple[str | None, str | None]:
     return owner, controller
 
 
-async def test_interleaved_takeover_claim_reassign_release_agree_with_the_log(redis_url, namespace, slow, figures):
+def round_actions(sid, atomic, coords, rng):
+    """The operations agents and supervisors race with, each taking the actor's index."""
+    return [
+        lambda i: atomic[i].claim_handoff(sid, f"agent{i}"),
+        lambda i: atomic[i].release_handoff(sid),
+        lambda i: atomic[i].release_handoff(sid, f"agent{i}"),
+        lambda i: atomic[i].reassign_handoff(sid, f"agent{(i + 1) % 6}", by=f"human:s{i}"),
+        lambda i: coords[i].take_over(f"human:s{i}"),
+        lambda i: coords[i].hand_back(rng.choice([None, f"agent{i}"]), by=f"human:s{i}"),
+    ]
+
+
+async def test_interleaved_takeover_claim_reassign_release_agree_with_the_log(
+    redis_url, namespace, slow, figures
+):
     rounds = 300 if slow else 40
     rng = random.Random(1234)
     clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(6)]
@@ -80,27 +107,39 @@ async def test_interleaved_takeover_claim_reassign_release_agree_with_the_log(re
             sid = f"mix-{r}"
             atomic = [AtomicOperations(client=c, namespace=namespace) for c in clients]
             coords = [AgentCoordinator(sid, client=c, namespace=namespace) for c in clients]
-            actions = [
-                lambda i: atomic[i].claim_handoff(sid, f"agent{i}"),
-                lambda i: atomic[i].release_handoff(sid),
-                lambda i: atomic[i].release_handoff(sid, f"agent{i}"),
-                lambda i: atomic[i].reassign_handoff(sid, f"agent{(i + 1) % 6}", by=f"human:s{i}"),
-                lambda i: coords[i].take_over(f"human:s{i}"),
-                lambda i: coords[i].hand_back(rng.choice([None, f"agent{i}"]), by=f"human:s{i}"),
-            ]
-            for _ in range(rng.randint(3, 8)):  # a few waves of concurrent, randomly ordered operations
+            actions = round_actions(sid, atomic, coords, rng)
+            for _ in range(
+                rng.randint(3, 8)
+            ):  # a few waves of concurrent, randomly ordered operations
                 wave = [rng.choice(actions) for _ in range(6)]
-                results = await asyncio.gather(*(op(i) for i, op in enumerate(wave)), return_exceptions=True)
+                results = await asyncio.gather(
+                    *(op(i) for i, op in enumerate(wave)), return_exceptions=True
+                )
                 operations += len(results)
-                successes += sum(1 for x in results if x is True or (isinstance(x, int) and not isinstance(x, bool)))
-                unexpected = [x for x in results if isinstance(x, Exception) and not isinstance(x, CoordinationError)]
+                successes += sum(
+                    1
+                    for x in results
+                    if x is True or (isinstance(x, int) and not isinstance(x, bool))
+                )
+                unexpected = [
+                    x
+                    for x in results
+                    if isinstance(x, Exception) and not isinstance(x, CoordinationError)
+                ]
                 assert unexpected == []
             events = await coords[0].events(limit=1000)
             claim = await atomic[0].get_handoff(sid)
             expected_owner, expected_controller = replay(events)
-            if (claim.agent_id if claim else None, await coords[0].controller()) != (expected_owner, expected_controller):
+            if (claim.agent_id if claim else None, await coords[0].controller()) != (
+                expected_owner,
+                expected_controller,
+            ):
                 mismatches += 1
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
-    figures("takeover / claim / reassign / release / hand back", f"{rounds} rounds, {operations} concurrent operations ({successes} succeeded)", f"final state matched the event log in {rounds - mismatches}/{rounds} rounds")
+    figures(
+        "takeover / claim / reassign / release / hand back",
+        f"{rounds} rounds, {operations} concurrent operations ({successes} succeeded)",
+        f"final state matched the event log in {rounds - mismatches}/{rounds} rounds",
+    )
     assert mismatches == 0

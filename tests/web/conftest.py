@@ -10,6 +10,13 @@ from django.contrib.auth.models import Group, User
 def coordination_settings(settings, redis_url, namespace):
     settings.REDIS_URL = redis_url
     settings.COORDINATION_NAMESPACE = namespace
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": f"{namespace}:cache",
+        }
+    }
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
