@@ -219,6 +219,8 @@ def core(redis_url, browser_namespace, agent_loop):
         def call(self, coro_factory):
             return asyncio.run_coroutine_threadsafe(coro_factory(), agent_loop).result(timeout=30)
 
+        loop = agent_loop
+
         def publish(self, session_id: str, etype=EventType.MESSAGE, data=None):
             return self.run(session_id, lambda c: c.publish(etype, data or {}))
 

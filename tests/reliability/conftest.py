@@ -39,3 +39,12 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture
 def slow(request) -> bool:
     return request.config.getoption("--slow")
+
+
+from ..browser.conftest import (  # noqa: E402, F401  (live servers for the fault tests)
+    agent_loop,
+    browser_namespace,
+    core,
+    server_env,
+    sid,
+)

@@ -1,0 +1,187 @@
+"""Faults: Redis restarting under load, Redis pausing, the relay's worker killed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import pytest
+import websockets
+
+from coordination import AgentCoordinator, EventType, RedisUnavailable
+from coordination.core import connection
+from coordination.embedded_redis import EmbeddedRedis, free_port
+
+
+async def wait_until_up(coord, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await coord.redis.ping()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_redis_restart_during_publish_load_loses_no_acknowledged_event(tmp_path, figures):
+    port = free_port()
+    server = EmbeddedRedis(
+        tmp_path / "data", port, "--appendonly", "yes", "--appendfsync", "always"
+    ).start()
+    url = server.url
+    publisher = AgentCoordinator("restart", url, namespace="fault")
+    listener = AgentCoordinator("restart", url, namespace="fault")
+    acknowledged: list[str] = []
+    received: list[str] = []
+    errors = 0
+    total = 300
+
+    async def listen():
+        cursor, misses = "0", 0
+        while len(set(received)) < total:
+            try:
+                async for event in listener.subscribe(timeout=30, since=cursor):
+                    received.append(event.id)
+                    cursor = event.id  # resume exactly here after a failure
+                    if len(set(received)) >= total:
+                        return
+            except RedisUnavailable:
+                misses += 1
+                await wait_until_up(listener)
+
+    task = asyncio.create_task(listen())
+    restart = None
+    try:
+        n = 0
+        while n < total:
+            if n == total // 2 and restart is None:
+                server.stop()  # SIGTERM: Redis writes its AOF and exits; then it comes back
+                server = EmbeddedRedis(
+                    tmp_path / "data", port, "--appendonly", "yes", "--appendfsync", "always"
+                )
+                restart = asyncio.get_running_loop().run_in_executor(None, server.start)
+            try:
+                event = await publisher.publish(EventType.MESSAGE, {"n": n})
+            except RedisUnavailable as exc:
+                assert "127.0.0.1" in str(exc)
+                errors += 1
+                await asyncio.sleep(
+                    0.02
+                )  # the caller's retry policy: here, retry until Redis is back
+                continue
+            acknowledged.append(event.id)
+            n += 1
+        await restart
+        await asyncio.wait_for(task, 60)
+    finally:
+        task.cancel()
+        await publisher.redis.aclose()
+        server.stop()
+    assert sorted(set(received)) == sorted(acknowledged)
+    assert len(received) == len(set(received))
+    figures(
+        "Redis restart under publish load (AOF, appendfsync always)",
+        f"{total} publishes, one restart; {errors} publishes got RedisUnavailable and were retried by the caller",
+        f"{len(acknowledged)}/{total} acknowledged events reached the resuming subscriber exactly once",
+    )
+    assert errors > 0
+
+
+async def test_a_paused_redis_gives_a_bounded_timeout(tmp_path, monkeypatch, figures):
+    monkeypatch.setattr(connection, "SOCKET_TIMEOUT", 1.0)
+    server = EmbeddedRedis(tmp_path / "pause").start()
+    coord = AgentCoordinator("paused", server.url, namespace="fault")
+    admin = connection.new_client(server.url)
+    try:
+        await coord.publish(EventType.MESSAGE, {})
+        await admin.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable):
+            await coord.publish(EventType.MESSAGE, {})
+        waited = time.monotonic() - started
+    finally:
+        await coord.redis.aclose()
+        await admin.aclose()
+        server.stop()
+    figures(
+        "Redis paused (CLIENT PAUSE 3 s)",
+        "a publish with a 1 s socket timeout",
+        f"RedisUnavailable after {waited:.2f} s",
+    )
+    assert waited < 2.5
+
+
+@pytest.mark.browser
+def test_killing_the_relay_worker_loses_nothing_for_browsers_on_another(
+    server_env, django_db_blocker, core, sid, figures
+):
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth.models import User
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from ..browser.conftest import LiveServer
+
+    with django_db_blocker.unblock():
+        user = User.objects.get(username="alice")
+        store = SessionStore()
+        store[SESSION_KEY] = str(user.pk)
+        store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        store.create()
+    cookie = f"sessionid={store.session_key}"
+    first = core.publish(sid, EventType.MESSAGE, {"n": -1})
+    a, b = LiveServer(server_env).start(), LiveServer(server_env).start()
+    try:
+        lease_key = f"{server_env['COORDINATION_NAMESPACE']}:{{relay}}:lease"
+
+        async def leader_pid():
+            client = connection.new_client(server_env["REDIS_URL"])
+            try:
+                while True:
+                    holder = await client.get(lease_key)
+                    if holder:
+                        return int(holder.split(":")[1])
+                    await asyncio.sleep(0.05)
+            finally:
+                await client.aclose()
+
+        leader = core.call(leader_pid)
+        killed, watched = (a, b) if leader == a.process.pid else (b, a)
+        assert leader == killed.process.pid
+
+        async def watch(total):
+            url = f"ws://127.0.0.1:{watched.port}/ws/session/{sid}/"
+            seen = []
+            async with websockets.connect(
+                url, origin=watched.url, additional_headers={"Cookie": cookie}
+            ) as ws:
+                await ws.send(json.dumps({"resume": first.id}))
+                while len(seen) < total:
+                    message = await asyncio.wait_for(ws.recv(), 30)
+                    seen += [part.split('"')[0] for part in message.split('data-event-id="')[1:]]
+            return seen
+
+        total = 40
+        watcher = asyncio.run_coroutine_threadsafe(watch(total), core.loop)
+        for n in range(total // 2):
+            core.publish(sid, EventType.MESSAGE, {"n": n})
+        os.kill(killed.process.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        for n in range(total // 2, total):
+            core.publish(sid, EventType.MESSAGE, {"n": n})
+        seen = watcher.result(timeout=60)
+        took_over = time.monotonic() - killed_at
+    finally:
+        a.stop()
+        b.stop()
+    assert len(seen) == len(set(seen)) == total
+    figures(
+        "relay worker killed (SIGKILL) with another worker running",
+        f"{total} events, {total // 2} after the kill",
+        f"all {total} shown once on the other worker; last one {took_over:.1f} s after the kill (lease 5 s)",
+    )
