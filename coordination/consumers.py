@@ -4,6 +4,7 @@ what came after from Redis, then forwards live events, dropping any it already s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import parse_qs
 
@@ -13,6 +14,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 
 from .core import CoordinationError, EventType, InvalidCursor, RedisUnavailable
+from .core.connection import UNAVAILABLE_ERRORS
 from .core.coordinator import validate_event_id
 from .core.keys import validate_session_id
 from .fragments import (
@@ -34,6 +36,9 @@ REPLAY_LIMIT = 5000
 BUFFER_LIMIT = 10_000
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_BAD_REQUEST = 4400
+CLOSE_TRY_AGAIN = 1013  # the htmx ws extension reconnects after 1006, 1011, 1012 and 1013
+REDIS_CHECK_SECONDS = 3.0
+REDIS_CHECK_TIMEOUT = 2.0
 
 
 class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
@@ -46,7 +51,32 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
         self.can_intervene = await database_sync_to_async(user.has_perm)("coordination.intervene")
         # Live fragments hold forms too; without a request they need the token given to them.
         self.csrf_token = self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
-        await super().websocket_connect(message)
+        try:
+            await asyncio.wait_for(session_index().redis.ping(), REDIS_CHECK_TIMEOUT)
+            await super().websocket_connect(message)
+        except (RedisUnavailable, TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+            log.warning("websocket refused while Redis is unavailable: %s", exc)
+            await self.close(code=CLOSE_TRY_AGAIN)
+            return
+        self._redis_watch = asyncio.create_task(self._watch_redis())
+
+    async def websocket_disconnect(self, message):
+        watch = getattr(self, "_redis_watch", None)
+        if watch is not None:
+            watch.cancel()
+        await super().websocket_disconnect(message)
+
+    async def _watch_redis(self):
+        """Close the socket when Redis stops answering: the page then shows "disconnected" and
+        keeps reconnecting; once Redis is back, the reconnect replays what was missed."""
+        client = session_index().redis
+        while True:
+            await asyncio.sleep(REDIS_CHECK_SECONDS)
+            try:
+                await asyncio.wait_for(client.ping(), REDIS_CHECK_TIMEOUT)
+            except (RedisUnavailable, TimeoutError, *UNAVAILABLE_ERRORS):
+                await self.close(code=CLOSE_TRY_AGAIN)
+                return
 
 
 class SessionsConsumer(LoginRequiredConsumer):

@@ -26,7 +26,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     # Browser tests last: Playwright's sync API holds an event loop while Chromium is open.
-    items.sort(key=lambda item: "tests/browser/" in str(item.path).replace("\\", "/"))
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
 
 
 def _reachable(url: str) -> bool:

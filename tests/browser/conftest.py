@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,13 @@ def database_url() -> str:
     user = db.get("USER") or "postgres"
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
     return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def in_plain_thread(function):
+    """Run database work in a thread with no event loop: pytest-asyncio or Playwright may be
+    running one in this thread, and Django refuses sync queries there."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(function).result()
 
 
 class LiveServer:
@@ -115,17 +123,20 @@ def browser_namespace(redis_url):
 def server_env(django_db_setup, django_db_blocker, redis_url, browser_namespace, tmp_path_factory):
     from django.contrib.auth.models import Group, User
 
-    with django_db_blocker.unblock():
-        supervisors, _ = Group.objects.get_or_create(name="supervisors")
-        viewers, _ = Group.objects.get_or_create(name="viewers")
-        for name, group in (("alice", supervisors), ("bob", supervisors), ("victor", viewers)):
-            user, _ = User.objects.get_or_create(
-                username=name, defaults={"is_staff": name == "alice"}
-            )
-            user.set_password(PASSWORD)
-            user.save()
-            user.groups.add(group)
-        url = database_url()
+    def create_users():
+        with django_db_blocker.unblock():
+            supervisors, _ = Group.objects.get_or_create(name="supervisors")
+            viewers, _ = Group.objects.get_or_create(name="viewers")
+            for name, group in (("alice", supervisors), ("bob", supervisors), ("victor", viewers)):
+                user, _ = User.objects.get_or_create(
+                    username=name, defaults={"is_staff": name == "alice"}
+                )
+                user.set_password(PASSWORD)
+                user.save()
+                user.groups.add(group)
+            return database_url()
+
+    url = in_plain_thread(create_users)
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "coordinator_site.settings",
@@ -145,8 +156,11 @@ def asgi_server(server_env):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    """Chromium for one test module. Playwright's sync API runs an event loop in this thread
+    while it is open, so it is closed after each module (database work is done in plain
+    threads, see ``in_plain_thread``)."""
     from playwright.sync_api import sync_playwright
 
     if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):

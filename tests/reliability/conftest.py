@@ -43,7 +43,9 @@ def slow(request) -> bool:
 
 from ..browser.conftest import (  # noqa: E402, F401  (live servers for the fault tests)
     agent_loop,
+    asgi_server,
     browser_namespace,
+    chromium,
     core,
     server_env,
     sid,

@@ -124,16 +124,19 @@ def test_killing_the_relay_worker_loses_nothing_for_browsers_on_another(
     from django.contrib.auth.models import User
     from django.contrib.sessions.backends.db import SessionStore
 
-    from ..browser.conftest import LiveServer
+    from ..browser.conftest import LiveServer, in_plain_thread
 
-    with django_db_blocker.unblock():
-        user = User.objects.get(username="alice")
-        store = SessionStore()
-        store[SESSION_KEY] = str(user.pk)
-        store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        store[HASH_SESSION_KEY] = user.get_session_auth_hash()
-        store.create()
-    cookie = f"sessionid={store.session_key}"
+    def make_session():
+        with django_db_blocker.unblock():
+            user = User.objects.get(username="alice")
+            store = SessionStore()
+            store[SESSION_KEY] = str(user.pk)
+            store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+            store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+            store.create()
+            return store.session_key
+
+    cookie = f"sessionid={in_plain_thread(make_session)}"
     first = core.publish(sid, EventType.MESSAGE, {"n": -1})
     a, b = LiveServer(server_env).start(), LiveServer(server_env).start()
     try:
