@@ -138,3 +138,25 @@ def test_pages_have_no_serious_accessibility_violations(asgi_server, page_factor
         if serious:
             problems[path] = serious
     assert problems == {}
+
+
+def test_javascript_urls_in_agent_data_stay_inert(asgi_server, page_factory, core, sid):
+    evil_id = f"javascript:alert(3)//{sid}"
+    core.publish(
+        evil_id,
+        EventType.MESSAGE,
+        {"link": "javascript:alert(4)", "html": "<a href=javascript:alert(5)>x</a>"},
+    )
+    page = page_factory(asgi_server.url)
+    page.goto(f"{asgi_server.url}/sessions/?q=javascript")
+    link = page.locator(f'#session-rows tr[data-session-id="{evil_id}"] a')
+    assert link.get_attribute("href").startswith("/sessions/javascript")
+    link.click()
+    expect(page.locator("h1")).to_contain_text(evil_id)
+    assert page.url.startswith(asgi_server.url)
+    page.locator("#timeline .event summary").first.click()
+    expect(page.locator("#timeline .event pre").first).to_contain_text(
+        "<a href=javascript:alert(5)>"
+    )
+    assert page.locator("#timeline a[href^='javascript']").count() == 0
+    assert page.dialogs == []
