@@ -50,6 +50,7 @@ class RedisBacked:
         self.retention_ms = int(seconds * 1000)
         self.max_payload_bytes = int(max_payload_bytes)
         self._global_keys = self.keys.global_keys()
+        self._keys_cache: dict[str, list[str]] = {}
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -68,18 +69,26 @@ class RedisBacked:
         await self.aclose()
 
     def _script_keys(self, session_id: str) -> list[str]:
-        return [*self.keys.session(session_id).all(), *self._global_keys]
+        """The KEYS of a session's scripts (validated and built once per session id)."""
+        keys = self._keys_cache.get(session_id)
+        if keys is None:
+            validate_session_id(session_id)
+            if len(self._keys_cache) >= 1024:
+                self._keys_cache.clear()
+            keys = self._keys_cache[session_id] = [
+                *self.keys.session(session_id).all(),
+                *self._global_keys,
+            ]
+        return keys
 
     def _script_args(self, session_id: str, *args: Any) -> list[Any]:
         return [session_id, self.stream_maxlen, self.feed_maxlen, self.retention_ms, *args]
 
     async def _run(self, script: Script, session_id: str, *args: Any) -> Any:
-        validate_session_id(session_id)
+        keys = self._script_keys(session_id)
         client = self.redis
         try:
-            return await script(
-                client, self._script_keys(session_id), self._script_args(session_id, *args)
-            )
+            return await script(client, keys, self._script_args(session_id, *args))
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(client, exc) from None
         except ResponseError as exc:
