@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import platform
 import socket
 import sys
@@ -27,7 +28,9 @@ def fmt(value):
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--full", action="store_true", help="more rounds, 100,000 sessions, soak")
-    parser.add_argument("--machine", default=socket.gethostname())
+    parser.add_argument(
+        "--machine", default=os.environ.get("BENCH_MACHINE") or socket.gethostname()
+    )
     parser.add_argument("--only", choices=["core", "dashboard"], help="run one group")
     args = parser.parse_args()
     url, embedded = redis_url()
