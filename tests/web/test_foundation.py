@@ -109,3 +109,58 @@ def test_static_htmx_is_vendored_not_from_a_cdn():
         assert not [s for s in sources if s.startswith(("http:", "https:", "//"))], template
     assert "vendor/htmx/htmx.min.js" in (ROOT / "templates" / "base.html").read_text()
     assert (ROOT / "static" / "vendor" / "htmx" / "htmx.min.js").stat().st_size > 10_000
+
+
+def test_serve_starts_embedded_redis_and_stops_everything_on_ctrl_c(tmp_path):
+    import re
+    import signal
+    import time
+
+    import redis
+
+    from coordination.processes import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(
+        COORDINATION_VAR_DIR=str(tmp_path),
+        PORT=str(port),
+        DEMO_AGENTS="0",
+        DJANGO_SUPERUSER_PASSWORD="serve-test-password-1",
+    )
+    serve = subprocess.Popen(
+        [sys.executable, "manage.py", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = []
+    try:
+        for line in serve.stdout:
+            output.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        text = "".join(output)
+        redis_url = re.search(r"Started embedded Redis at (\S+)", text).group(1)
+        assert f"http://127.0.0.1:{port}/" in text and "DJANGO_SUPERUSER_PASSWORD" in text
+        client = redis.Redis.from_url(redis_url)
+        assert client.ping() is True
+        # The server's lifespan started the relay that feeds live updates: it holds the lease.
+        deadline = time.monotonic() + 15
+        while client.get("coord:{relay}:lease") is None:
+            assert time.monotonic() < deadline, "no relay took the lease"
+            time.sleep(0.05)
+        client.close()
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=30) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()
+    import socket
+
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass

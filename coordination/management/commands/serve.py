@@ -9,6 +9,8 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from django.conf import settings
@@ -68,7 +70,7 @@ class Command(BaseCommand):
                         "--port",
                         str(port),
                         "--lifespan",
-                        "off",
+                        "on",  # the lifespan starts the relay that feeds live updates
                         "--log-level",
                         "warning",
                     ],
@@ -80,6 +82,7 @@ class Command(BaseCommand):
                     subprocess.Popen([sys.executable, "manage.py", "simulate_agents"], env=env)
                 )
             url = f"http://{host}:{port}/"
+            self._wait_until_healthy(children[0], url)
             self.stdout.write(self.style.SUCCESS(f"\nCoordinator is running at {url}"))
             self.stdout.write(login)
             self.stdout.write(
@@ -90,6 +93,9 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             self.stdout.write("\nStopping…")
         finally:
+            # A second Ctrl-C (or SIGTERM) must not cut the clean-up short and leave Redis running.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             for child in children:
                 if child.poll() is None:
                     child.terminate()
@@ -100,6 +106,23 @@ class Command(BaseCommand):
                     child.kill()
             if embedded is not None:
                 embedded.stop()
+
+    def _wait_until_healthy(
+        self, server: subprocess.Popen, url: str, timeout: float = 60.0
+    ) -> None:
+        probe = url.replace("://0.0.0.0:", "://127.0.0.1:") + "healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                self._fail(
+                    f"the ASGI server exited with code {server.returncode} (is port {url} taken?)"
+                )
+            try:
+                with urllib.request.urlopen(probe, timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self._fail(f"the ASGI server did not answer {probe} within {timeout:g} s")
 
     def _ensure_supervisor(self) -> str:
         User = get_user_model()
