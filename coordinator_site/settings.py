@@ -132,21 +132,27 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory, so the ASGI server that browser tests start can share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{COORDINATION_NAMESPACE}:asgi"},
-    }
-}
 
-# The shared cache (login throttle) lives in the same Redis, so all workers agree.
-CACHES = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_URL,
-        "KEY_PREFIX": f"{COORDINATION_NAMESPACE}:cache",
+def redis_services(redis_url: str, namespace: str) -> tuple[dict, dict]:
+    """CACHES and CHANNEL_LAYERS for one Redis and key namespace. The cache (login throttle)
+    and the channel layer live in the same Redis as the core, so all workers agree."""
+    caches = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": f"{namespace}:cache",
+        }
     }
-}
+    channel_layers = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [redis_url], "prefix": f"{namespace}:asgi"},
+        }
+    }
+    return caches, channel_layers
+
+
+CACHES, CHANNEL_LAYERS = redis_services(REDIS_URL, COORDINATION_NAMESPACE)
 LOGIN_THROTTLE_SECONDS = int(env_number("LOGIN_THROTTLE_SECONDS", 900))
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -5,24 +5,14 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group, User
 
+from coordinator_site.settings import redis_services
+
 
 @pytest.fixture(autouse=True)
 def coordination_settings(settings, redis_url, namespace):
     settings.REDIS_URL = redis_url
     settings.COORDINATION_NAMESPACE = namespace
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": redis_url,
-            "KEY_PREFIX": f"{namespace}:cache",
-        }
-    }
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [redis_url], "prefix": f"{namespace}:asgi"},
-        }
-    }
+    settings.CACHES, settings.CHANNEL_LAYERS = redis_services(redis_url, namespace)
     return settings
 
 
