@@ -115,7 +115,7 @@ class SessionsConsumer(LoginRequiredConsumer):
         await self.send(text_data=render_overview_live(context))
 
     async def _send_rows(self, session_ids: list[str]):
-        summaries = await self.index._summaries(session_ids)
+        summaries = await self.index.get_sessions(session_ids)
         removed, on_top, in_place = [], [], []
         for summary in sorted(summaries, key=lambda s: s.last_activity or 0, reverse=True):
             row_id = dom_id(summary.session_id)

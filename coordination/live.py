@@ -120,7 +120,7 @@ class Relay:
 
     async def _acquire(self) -> bool:
         return bool(
-            await self.index._call(
+            await self.index.call(
                 ACQUIRE_OR_RENEW(
                     self.index.redis, [self.lease_key], [self.worker_id, self.lease_ttl_ms]
                 )
@@ -129,7 +129,7 @@ class Relay:
 
     async def _commit(self, cursor: str) -> bool:
         return bool(
-            await self.index._call(
+            await self.index.call(
                 COMMIT_CURSOR(
                     self.index.redis, [self.lease_key, self.cursor_key], [self.worker_id, cursor]
                 )
@@ -137,7 +137,7 @@ class Relay:
         )
 
     async def _lead(self, layer) -> None:
-        cursor = await self.index._call(self.index.redis.get(self.cursor_key))
+        cursor = await self.index.call(self.index.redis.get(self.cursor_key))
         if cursor is None:
             # First start ever: begin at the newest event rather than replaying history.
             cursor = await self.index.latest_feed_id()

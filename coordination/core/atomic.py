@@ -109,7 +109,7 @@ class AtomicOperations(RedisBacked):
     async def get_handoff(self, session_id: str) -> Handoff | None:
         """The current claim, or None when nobody holds the session."""
         validate_session_id(session_id)
-        raw = await self._call(self.redis.hgetall(self.keys.session(session_id).claim))
+        raw = await self.call(self.redis.hgetall(self.keys.session(session_id).claim))
         if not raw or "agent" not in raw:
             return None
         return Handoff(session_id, raw["agent"], int(raw["token"]), int(raw["expires"]) / 1000.0)

@@ -94,7 +94,7 @@ class RedisBacked:
         except ResponseError as exc:
             raise CoordinationError(f"Redis refused the {script.name} script: {exc}") from exc
 
-    async def _call(self, awaitable):
+    async def call(self, awaitable):
         """Await a plain Redis command, turning connection failures into ``RedisUnavailable``."""
         try:
             return await awaitable

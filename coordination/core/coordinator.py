@@ -161,16 +161,14 @@ class AgentCoordinator(RedisBacked):
         limit = max(1, min(int(limit), 1000))
         if newest_first:
             start = "+" if before is None else f"({validate_event_id(before, 'before')}"
-            rows = await self._call(
-                self.redis.xrevrange(self._keys.events, start, "-", count=limit)
-            )
+            rows = await self.call(self.redis.xrevrange(self._keys.events, start, "-", count=limit))
         else:
             start = "-" if after == "-" else f"({validate_event_id(after, 'after')}"
-            rows = await self._call(self.redis.xrange(self._keys.events, start, "+", count=limit))
+            rows = await self.call(self.redis.xrange(self._keys.events, start, "+", count=limit))
         return [event_from_fields(self.session_id, eid, fields) for eid, fields in rows]
 
     async def event_count(self) -> int:
-        return await self._call(self.redis.xlen(self._keys.events))
+        return await self.call(self.redis.xlen(self._keys.events))
 
     async def subscribe(
         self,
@@ -200,7 +198,7 @@ class AgentCoordinator(RedisBacked):
                 if remaining <= 0:
                     return
                 block_ms = max(1, int(min(remaining, MAX_BLOCK_SECONDS) * 1000))
-            reply = await self._call(
+            reply = await self.call(
                 client.xread({self._keys.events: cursor}, count=SUBSCRIBE_BATCH, block=block_ms)
             )
             if not reply:
@@ -215,7 +213,7 @@ class AgentCoordinator(RedisBacked):
 
     async def _resolve_since(self, since: str) -> str:
         if since == "$":
-            newest = await self._call(self.redis.xrevrange(self._keys.events, "+", "-", count=1))
+            newest = await self.call(self.redis.xrevrange(self._keys.events, "+", "-", count=1))
             return newest[0][0] if newest else "0-0"
         return validate_event_id(since, "since")
 
@@ -276,11 +274,11 @@ class AgentCoordinator(RedisBacked):
         return {pairs[i]: int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
     async def get_state(self, key: str, default: Any = None) -> Any:
-        raw = await self._call(self.redis.hget(self._keys.state, key))
+        raw = await self.call(self.redis.hget(self._keys.state, key))
         return default if raw is None else json.loads(raw)
 
     async def get_all_state(self) -> dict[str, Any]:
-        raw = await self._call(self.redis.hgetall(self._keys.state))
+        raw = await self.call(self.redis.hgetall(self._keys.state))
         return {k: json.loads(v) for k, v in sorted(raw.items())}
 
     async def get_state_versions(self) -> dict[str, tuple[Any, int]]:
@@ -288,7 +286,7 @@ class AgentCoordinator(RedisBacked):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(self._keys.state)
             pipe.hgetall(self._keys.versions)
-            values, versions = await self._call(pipe.execute())
+            values, versions = await self.call(pipe.execute())
         return {k: (json.loads(v), int(versions.get(k, 0))) for k, v in sorted(values.items())}
 
     # -- escalation and human control -----------------------------------------------------
@@ -350,7 +348,7 @@ class AgentCoordinator(RedisBacked):
 
     async def controller(self) -> str | None:
         """The human controlling the session, or None."""
-        value = await self._call(self.redis.hget(self._keys.meta, "controller"))
+        value = await self.call(self.redis.hget(self._keys.meta, "controller"))
         return value or None
 
     async def is_human_controlled(self) -> bool:

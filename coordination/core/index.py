@@ -122,12 +122,13 @@ class SessionIndex(RedisBacked):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.meta)
             pipe.hgetall(keys.claim)
-            meta, claim = await self._call(pipe.execute())
+            meta, claim = await self.call(pipe.execute())
         if not meta:
             return None
         return _summary(session_id, meta, claim)
 
-    async def _summaries(self, session_ids: list[str]) -> list[SessionSummary]:
+    async def get_sessions(self, session_ids: list[str]) -> list[SessionSummary]:
+        """Summaries of these sessions in one round trip, skipping any that no longer exist."""
         if not session_ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -135,7 +136,7 @@ class SessionIndex(RedisBacked):
                 keys = self.keys.session(sid)
                 pipe.hgetall(keys.meta)
                 pipe.hgetall(keys.claim)
-            replies = await self._call(pipe.execute())
+            replies = await self.call(pipe.execute())
         rows = []
         for i, sid in enumerate(session_ids):
             meta, claim = replies[2 * i], replies[2 * i + 1]
@@ -162,20 +163,20 @@ class SessionIndex(RedisBacked):
             return await self._by_owner(owner, cursor, limit, status)
         key = self.keys.status[status] if status else self.keys.activity
         ids, next_cursor = await self._page_by_score(key, cursor, limit)
-        return SessionPage(await self._summaries(ids), next_cursor)
+        return SessionPage(await self.get_sessions(ids), next_cursor)
 
     async def _page_by_score(
         self, key: str, cursor: str | None, limit: int
     ) -> tuple[list[str], str | None]:
         client = self.redis
         if cursor is None:
-            rows = await self._call(client.zrange(key, 0, limit, desc=True, withscores=True))
+            rows = await self.call(client.zrange(key, 0, limit, desc=True, withscores=True))
         else:
             score, member = _decode_cursor(cursor)
             rows, offset = [], 0
             # Members sharing the cursor's score sort by name; skip those already shown.
             while len(rows) <= limit:
-                batch = await self._call(
+                batch = await self.call(
                     client.zrange(
                         key,
                         score,
@@ -200,14 +201,14 @@ class SessionIndex(RedisBacked):
     ) -> SessionPage:
         validate_agent_id(owner, "owner")
         # An owner holds few sessions at once, so sort that small set by activity here.
-        members = await self._call(
+        members = await self.call(
             self.redis.zrangebylex(
                 self.keys.owners, f"[{owner}\0", f"({owner}\x01", start=0, num=1000
             )
         )
         ids = [m.split("\0", 1)[1] for m in members]
         rows = sorted(
-            await self._summaries(ids),
+            await self.get_sessions(ids),
             key=lambda s: (s.last_activity or 0, s.session_id),
             reverse=True,
         )
@@ -230,14 +231,14 @@ class SessionIndex(RedisBacked):
         more = False
         # Filters are applied to name-ordered batches; a few batches fill a page in practice.
         for _ in range(10):
-            names = await self._call(
+            names = await self.call(
                 self.redis.zrangebylex(
                     self.keys.names, start, f"[{prefix}\U0010ffff", start=0, num=limit + 1
                 )
             )
             if not names:
                 break
-            summaries = await self._summaries(names[:limit] if len(names) > limit else names)
+            summaries = await self.get_sessions(names[:limit] if len(names) > limit else names)
             for s in summaries:
                 if (status is None or s.status == status) and (owner is None or s.owner == owner):
                     rows.append(s)
@@ -253,24 +254,24 @@ class SessionIndex(RedisBacked):
         async with self.redis.pipeline(transaction=False) as pipe:
             for s in STATUSES:
                 pipe.zcard(self.keys.status[s])
-            counts = await self._call(pipe.execute())
+            counts = await self.call(pipe.execute())
         return dict(zip(STATUSES, counts, strict=True))
 
     async def escalation_queue(self, limit: int = 50) -> list[SessionSummary]:
         """Escalated sessions, the longest waiting first."""
-        ids = await self._call(
+        ids = await self.call(
             self.redis.zrange(self.keys.escalations, 0, max(1, min(limit, MAX_PAGE)) - 1)
         )
-        return await self._summaries(ids)
+        return await self.get_sessions(ids)
 
     async def escalation_count(self) -> int:
-        return await self._call(self.redis.zcard(self.keys.escalations))
+        return await self.call(self.redis.zcard(self.keys.escalations))
 
     async def events_per_minute(self) -> int:
         """Events in the last 60 seconds, interpolated from per-minute counters."""
         now_ms = int(time.time() * 1000)
         minute = now_ms // 60000
-        current, previous = await self._call(
+        current, previous = await self.call(
             self.redis.hmget(self.keys.stats, [str(minute), str(minute - 1)])
         )
         elapsed = (now_ms % 60000) / 60000
@@ -279,7 +280,7 @@ class SessionIndex(RedisBacked):
     async def agents(self, limit: int = 100) -> list[AgentPresence]:
         """Agents by last sign of life (AGENT_READY or heartbeat), most recent first."""
         client = self.redis
-        seen = await self._call(
+        seen = await self.call(
             client.zrange(
                 self.keys.agents_seen, 0, max(1, min(limit, 1000)) - 1, desc=True, withscores=True
             )
@@ -291,7 +292,7 @@ class SessionIndex(RedisBacked):
             pipe.hmget(self.keys.agents, ids)
             for agent_id in ids:
                 pipe.zlexcount(self.keys.owners, f"[{agent_id}\0", f"({agent_id}\x01")
-            replies = await self._call(pipe.execute())
+            replies = await self.call(pipe.execute())
         records, held = replies[0], replies[1:]
         now = time.time()
         result = []
@@ -315,7 +316,7 @@ class SessionIndex(RedisBacked):
         """Record that ``agent_id`` is alive (and its load) without writing an event."""
         validate_agent_id(agent_id)
         load_json = "" if load is None else encode_json(load, "load")
-        await self._call(
+        await self.call(
             heartbeat_script(
                 self.redis, [self.keys.agents, self.keys.agents_seen], [agent_id, load_json]
             )
@@ -328,7 +329,7 @@ class SessionIndex(RedisBacked):
         if after != "$":
             validate_event_id(after, "feed cursor")
         block_ms = None if block is None else max(1, int(block * 1000))
-        reply = await self._call(
+        reply = await self.call(
             self.redis.xread({self.keys.feed: after}, count=count, block=block_ms)
         )
         if not reply:
@@ -341,18 +342,18 @@ class SessionIndex(RedisBacked):
         ]
 
     async def latest_feed_id(self) -> str:
-        newest = await self._call(self.redis.xrevrange(self.keys.feed, "+", "-", count=1))
+        newest = await self.call(self.redis.xrevrange(self.keys.feed, "+", "-", count=1))
         return newest[0][0] if newest else "0-0"
 
     async def prune(self, batch: int = 1000) -> int:
         """Drop index entries of sessions idle past the retention (their keys have expired)."""
         cutoff = int(time.time() * 1000) - self.retention_ms
-        ids = await self._call(
+        ids = await self.call(
             self.redis.zrange(self.keys.activity, "-inf", cutoff, byscore=True, offset=0, num=batch)
         )
         removed = 0
         for sid in ids:
-            if not await self._call(self.redis.exists(self.keys.session(sid).meta)):
+            if not await self.call(self.redis.exists(self.keys.session(sid).meta)):
                 await self._run(clear_session_script, sid)
                 removed += 1
         return removed
