@@ -153,6 +153,8 @@ def redis_services(redis_url: str, namespace: str) -> tuple[dict, dict]:
 
 
 CACHES, CHANNEL_LAYERS = redis_services(REDIS_URL, COORDINATION_NAMESPACE)
+# Lets a Prometheus scraper read /metrics without a login (Authorization: Bearer <token>).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 LOGIN_THROTTLE_SECONDS = int(env_number("LOGIN_THROTTLE_SECONDS", 900))
 
 AUTH_PASSWORD_VALIDATORS = [
