@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import time
@@ -77,3 +78,15 @@ class Stopwatch:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+async def publish_at_rate(coordinator, rate: int, total: int) -> None:
+    """Publish ``total`` events carrying their send time (``t0``), paced at ``rate`` per second."""
+    from coordination import EventType
+
+    start = time.perf_counter()
+    for n in range(total):
+        await coordinator.publish(EventType.MESSAGE, {"t0": time.time(), "n": n})
+        delay = start + (n + 1) / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)

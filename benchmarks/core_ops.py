@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 from coordination import AgentCoordinator, AtomicOperations, EventType
 from coordination.core.connection import new_client
 
-from .common import Row, Stopwatch, percentile, spread
+from .common import Row, Stopwatch, percentile, publish_at_rate, spread
 
 PAYLOAD = {
     "from_agent": "triage",
@@ -182,12 +182,7 @@ async def bench_subscribe_latency(url, ns, rate: int, seconds: float) -> Row:
                 return
 
     task = asyncio.create_task(listen())
-    start = time.perf_counter()
-    for n in range(total):
-        await publisher.publish(EventType.MESSAGE, {"t0": time.time(), "n": n})
-        delay = start + (n + 1) / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    await publish_at_rate(publisher, rate, total)
     await asyncio.wait_for(task, 30)
     lost = total - len(set(seen))
     dup = len(seen) - len(set(seen))

@@ -16,7 +16,7 @@ import websockets
 
 from coordination.processes import AsgiServer
 
-from .common import Row, Stopwatch, percentile
+from .common import Row, Stopwatch, percentile, publish_at_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENT_ID = re.compile(r'data-event-id="([^"]+)"')
@@ -185,12 +185,7 @@ async def bench_websocket(
     tasks = [asyncio.create_task(client(i)) for i in range(clients)]
     await ready.wait()
     await asyncio.sleep(0.5)  # the last client's resume message is handled before we publish
-    start = time.perf_counter()
-    for n in range(total):
-        await coord.publish(EventType.MESSAGE, {"t0": time.time(), "n": n})
-        delay = start + (n + 1) / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    await publish_at_rate(coord, rate, total)
     results = await asyncio.gather(*tasks, return_exceptions=True)
     errors = [r for r in results if isinstance(r, Exception)]
     lost = sum(max(0, total - len([k for k in r if not k.endswith("#dup")])) for r in received)

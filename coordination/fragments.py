@@ -105,9 +105,10 @@ def event_item(event: Event | dict) -> dict[str, str]:
 
 
 async def overview_context(index: SessionIndex) -> dict[str, Any]:
-    counts, queue, agents, per_minute = await asyncio.gather(
+    counts, queue, queue_total, agents, per_minute = await asyncio.gather(
         index.counts_by_status(),
         index.escalation_queue(limit=20),
+        index.escalation_count(),
         index.agents(limit=50),
         index.events_per_minute(),
     )
@@ -115,7 +116,7 @@ async def overview_context(index: SessionIndex) -> dict[str, Any]:
         "counts": counts,
         "total": sum(counts.values()),
         "queue": queue,
-        "queue_total": await index.escalation_count(),
+        "queue_total": queue_total,
         "agents": [a for a in agents if not a.stale],
         "events_per_minute": per_minute,
     }

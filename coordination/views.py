@@ -102,7 +102,7 @@ async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
 @require_GET
 async def timeline(request: HttpRequest, session_id: str) -> HttpResponse:
     """Older events of a session, newest first (the timeline's infinite scroll)."""
-    await _summary_or_404(session_id)
+    summary = await _summary_or_404(session_id)
     before = request.GET.get("before") or None
     try:
         events = await coordinator(session_id).events(
@@ -111,7 +111,7 @@ async def timeline(request: HttpRequest, session_id: str) -> HttpResponse:
     except InvalidCursor as exc:
         return HttpResponseBadRequest(f"Bad timeline query: {exc}", content_type="text/plain")
     context = {
-        "s": await session_index().get_session(session_id),
+        "s": summary,
         "events": [event_context(e) for e in events],
         "older_cursor": events[-1].id if len(events) == TIMELINE_PAGE else None,
     }
