@@ -40,7 +40,8 @@ def _forbidden(request: HttpRequest) -> HttpResponse:
     )
 
 
-async def _dispatch(action: str, actor: Actor, session_id: str, form) -> str:
+async def dispatch(action: str, actor: Actor, session_id: str, form) -> str:
+    """Run one intervention named as in the URLs; ``form`` is the POST data (or a dict)."""
     match action:
         case "take-over":
             return await interventions.take_over(actor, session_id)
@@ -70,7 +71,7 @@ async def act(request: HttpRequest, action: str, session_id: str) -> HttpRespons
     if actor is None:
         return _forbidden(request)
     try:
-        message, ok = await _dispatch(action, actor, session_id, request.POST), True
+        message, ok = await dispatch(action, actor, session_id, request.POST), True
     except InterventionRefused as exc:
         message, ok = str(exc), False
     if request.headers.get("HX-Request") != "true":

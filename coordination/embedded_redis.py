@@ -16,7 +16,13 @@ from pathlib import Path
 
 from .processes import free_port, stop_process
 
-__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "free_port", "redis_server_binary"]
+__all__ = [
+    "EmbeddedCluster",
+    "EmbeddedRedis",
+    "EmbeddedRedisError",
+    "free_port",
+    "redis_server_binary",
+]
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -114,6 +120,103 @@ class EmbeddedRedis:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+CLUSTER_SLOTS = 16384
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free as well."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 >= 65536:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise EmbeddedRedisError("found no free port pair for a cluster node")
+
+
+class EmbeddedCluster:
+    """A local Redis Cluster of ``masters`` primaries (no replicas), for tests and development.
+
+    The slots are assigned and the nodes introduced over the Redis protocol (CLUSTER ADDSLOTS,
+    SET-CONFIG-EPOCH, MEET), so only the ``redis-server`` binary is needed, not ``redis-cli``.
+    """
+
+    def __init__(self, masters: int = 3) -> None:
+        self.masters = masters
+        self.data_dir = Path(tempfile.mkdtemp(prefix="coord-cluster-"))
+        self.nodes: list[EmbeddedRedis] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, timeout: float = 30.0) -> EmbeddedCluster:
+        import redis
+
+        try:
+            for _ in range(self.masters):
+                port = _cluster_port()
+                node = EmbeddedRedis(
+                    self.data_dir / str(port),
+                    port,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "3000",
+                )
+                self.nodes.append(node.start())
+            clients = [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
+            per_node = -(-CLUSTER_SLOTS // self.masters)
+            for i, client in enumerate(clients):
+                first, last = i * per_node, min(CLUSTER_SLOTS, (i + 1) * per_node)
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last))
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            deadline = time.monotonic() + timeout
+            while not all(self._ready(c) for c in clients):
+                if time.monotonic() > deadline:
+                    raise EmbeddedRedisError(f"the cluster did not form within {timeout}s")
+                time.sleep(0.05)
+            for client in clients:
+                client.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ready(self, client) -> bool:
+        info = client.execute_command("CLUSTER", "INFO")
+        if isinstance(info, bytes):
+            info = info.decode()
+        fields = dict(
+            line.split(":", 1) for line in info.splitlines() if ":" in line and line.strip()
+        )
+        return (
+            fields.get("cluster_state") == "ok"
+            and fields.get("cluster_known_nodes") == str(self.masters)
+            and fields.get("cluster_slots_ok") == str(CLUSTER_SLOTS)
+        )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes = []
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedCluster:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

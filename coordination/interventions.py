@@ -231,3 +231,12 @@ async def claim_next_escalation(actor: Actor) -> tuple[str | None, str]:
             continue  # another supervisor was faster; try the next one
         return summary.session_id, message
     return None, "The escalation queue is empty."
+
+
+async def for_each(session_ids: list[str], act) -> list:
+    """Bulk actions: ``act(session_id)`` for each distinct id in order, one at a time, so each
+    is its own race-safe step (and audit entry) and one refusal does not stop the rest."""
+    results = []
+    for session_id in dict.fromkeys(session_ids):
+        results.append(await act(session_id))
+    return results

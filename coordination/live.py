@@ -10,6 +10,7 @@ where the last one stopped. Browsers drop duplicates by event id, so a batch rel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -38,7 +39,6 @@ end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """,
-    prelude=False,
 )
 
 # The cursor moves only while the caller still holds the lease (a fenced write).
@@ -49,7 +49,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
 return 1
 """,
-    prelude=False,
 )
 
 RELEASE_LEASE = Script(
@@ -58,7 +57,6 @@ RELEASE_LEASE = Script(
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """,
-    prelude=False,
 )
 
 
@@ -94,19 +92,33 @@ class Relay:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.is_leader = False
         self.relayed = 0
+        self._stopping = asyncio.Event()
+
+    async def stop(self, task: asyncio.Task, timeout: float = 5.0) -> None:
+        """Stop between two reads and release the lease. Cancelling a task while redis-py
+        waits on a blocking read can leave it stuck (seen with Python 3.11), so the loop is
+        asked to stop first and cancelled only if it does not."""
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            task.cancel()
+        except Exception:  # the task's own failure was logged where it happened
+            pass
 
     async def run(self) -> None:
         """Forever: lead while holding the lease, else stand by and retry."""
         layer = get_channel_layer()
         try:
-            while True:
+            while not self._stopping.is_set():
                 try:
                     if await self._acquire():
                         self.is_leader = True
                         log.info("relay %s is now the active relay", self.worker_id)
                         await self._lead(layer)
                     self.is_leader = False
-                    await asyncio.sleep(self.lease_ttl_ms / 3000)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self.lease_ttl_ms / 3000)
                 except RedisUnavailable as exc:
                     self.is_leader = False
                     log.warning("relay %s: %s; retrying", self.worker_id, exc)
@@ -146,7 +158,7 @@ class Relay:
         renew_every = self.lease_ttl_ms / 3000
         last_renew = last_flush = time.monotonic()
         changed: set[str] = set()
-        while True:
+        while not self._stopping.is_set():
             entries = await self.index.read_feed(cursor, count=500, block=self.flush_interval)
             # One message per session and batch, its rows rendered here once for every browser.
             by_session: dict[str, list] = {}

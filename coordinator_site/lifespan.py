@@ -30,8 +30,7 @@ class LifespanRelay:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.task is not None:
-                    self.task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await self.task
+                        await self.relay.stop(self.task)
                 await send({"type": "lifespan.shutdown.complete"})
                 return

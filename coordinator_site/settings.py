@@ -136,17 +136,34 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 def redis_services(redis_url: str, namespace: str) -> tuple[dict, dict]:
     """CACHES and CHANNEL_LAYERS for one Redis and key namespace. The cache (login throttle)
     and the channel layer live in the same Redis as the core, so all workers agree."""
+    from coordination.core.connection import parse_url
+
     caches = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "coordination.cache.CoordinationCache",
             "LOCATION": redis_url,
             "KEY_PREFIX": f"{namespace}:cache",
         }
     }
+    target = parse_url(redis_url)
+    if target.kind == "sentinel":
+        auth = {"username": target.username, "password": target.password}
+        host = {
+            "sentinels": list(target.nodes),
+            "master_name": target.service,
+            "sentinel_kwargs": auth,
+            "db": target.db,
+            **auth,
+        }
+    elif target.kind == "cluster":
+        # Pub/sub messages reach every node of a Cluster, so one node serves the channel layer.
+        host = target.url
+    else:
+        host = redis_url
     channel_layers = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [redis_url], "prefix": f"{namespace}:asgi"},
+            "CONFIG": {"hosts": [host], "prefix": f"{namespace}:asgi"},
         }
     }
     return caches, channel_layers

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from coordination import metrics, views
+from coordination import api
 from coordination.auth import ThrottledLoginView
 
 urlpatterns = [
@@ -11,5 +12,6 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("metrics", metrics.metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    path("api/v1/", api.urls()),
     path("", include("coordination.urls")),
 ]

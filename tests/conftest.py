@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from coordination.embedded_redis import EmbeddedRedis
+from coordination.core.connection import new_sync_client
+from coordination.embedded_redis import EmbeddedCluster, EmbeddedRedis
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -42,7 +43,8 @@ def _reachable(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def redis_url():
+def redis_server_url():
+    """One Redis server: REDIS_URL when it answers, else an embedded one."""
     url = os.environ.get("REDIS_URL")
     if url and _reachable(url):
         yield url
@@ -52,17 +54,40 @@ def redis_url():
 
 
 @pytest.fixture(scope="session")
-def redis_sync(redis_url):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
+def redis_cluster_url():
+    """A local 3-primary Redis Cluster, started once for the whole run."""
+    with EmbeddedCluster(masters=3) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture
+def redis_url(redis_server_url):
+    """The Redis a test runs against. tests/core and tests/web run on a Cluster as well."""
+    return redis_server_url
+
+
+@pytest.fixture(scope="session")
+def _sync_clients():
+    clients: dict[str, redis.Redis] = {}
+    yield clients
+    for client in clients.values():
+        client.close()
+
+
+@pytest.fixture
+def redis_sync(redis_url, _sync_clients):
+    """A blocking client for the test's Redis (a cluster client on a Cluster)."""
+    client = _sync_clients.get(redis_url)
+    if client is None:
+        client = _sync_clients[redis_url] = new_sync_client(redis_url, decode_responses=True)
+    return client
 
 
 def delete_namespace(client: redis.Redis, namespace: str) -> None:
     """Delete only this test's keys (the shared Redis is never flushed)."""
     batch = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    for i in range(0, len(batch), 500):
-        client.delete(*batch[i : i + 500])
+    for key in batch:  # one by one: on a Cluster the keys live in different slots
+        client.delete(key)
 
 
 @pytest.fixture

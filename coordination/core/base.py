@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from datetime import timedelta
 from typing import Any
@@ -9,11 +11,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from .connection import UNAVAILABLE_ERRORS, resolve_url, shared_client, unavailable
+from .connection import UNAVAILABLE_ERRORS, is_cluster, resolve_url, shared_client, unavailable
 from .errors import CoordinationError
 from .events import DEFAULT_MAX_PAYLOAD_BYTES
 from .keys import Keyspace, validate_session_id
-from .scripts import Script
+from .scripts import SessionScript, apply_index_script, read_hashes_script
+
+log = logging.getLogger("coordination")
 
 DEFAULT_STREAM_MAXLEN = 10_000
 DEFAULT_FEED_MAXLEN = 100_000
@@ -68,7 +72,7 @@ class RedisBacked:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def _script_keys(self, session_id: str) -> list[str]:
+    def _script_keys(self, session_id: str, cluster: bool = False) -> list[str]:
         """The KEYS of a session's scripts (validated and built once per session id)."""
         keys = self._keys_cache.get(session_id)
         if keys is None:
@@ -79,20 +83,57 @@ class RedisBacked:
                 *self.keys.session(session_id).all(),
                 *self._global_keys,
             ]
-        return keys
+        return keys[:5] if cluster else keys
 
     def _script_args(self, session_id: str, *args: Any) -> list[Any]:
         return [session_id, self.stream_maxlen, self.feed_maxlen, self.retention_ms, *args]
 
-    async def _run(self, script: Script, session_id: str, *args: Any) -> Any:
-        keys = self._script_keys(session_id)
+    async def _run(self, script: SessionScript, session_id: str, *args: Any) -> Any:
         client = self.redis
+        cluster = is_cluster(client)
+        keys = self._script_keys(session_id, cluster)
         try:
-            return await script(client, keys, self._script_args(session_id, *args))
+            if not cluster:
+                return await script(client, keys, self._script_args(session_id, *args))
+            result, ops = await script.cluster(client, keys, self._script_args(session_id, *args))
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(client, exc) from None
         except ResponseError as exc:
             raise CoordinationError(f"Redis refused the {script.name} script: {exc}") from exc
+        if ops:
+            await self._apply_index(client, session_id, ops)
+        return result
+
+    async def _apply_index(self, client, session_id: str, ops: str) -> None:
+        """Cluster mode's second step. The session's change is already done, so a failure here
+        must not be reported as a failed operation (a retried publish would be a duplicate):
+        it is retried, then logged; the next change of the session re-syncs its index entry."""
+        keys = [*self._global_keys, self.keys.applied]
+        for attempt in range(3):
+            try:
+                await apply_index_script(client, keys, [ops])
+                return
+            except (*UNAVAILABLE_ERRORS, ResponseError) as exc:
+                if attempt == 2:
+                    log.error("index update for session %r was not applied: %s", session_id, exc)
+                    return
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    async def read_hashes(self, *keys: str) -> list[dict[str, str]]:
+        """HGETALL of several hashes of one session, read in one atomic step."""
+        replies = await self.call(read_hashes_script(self.redis, list(keys), []))
+        return [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in replies]
+
+    async def call_blocking(self, awaitable):
+        """``call`` for a blocking read (XREAD BLOCK). If the caller is cancelled, the read is
+        left to finish by itself (within its BLOCK time) instead of being cancelled: cancelling
+        redis-py in the middle of a read can leave the task stuck (seen on Python 3.11)."""
+        read = asyncio.ensure_future(self.call(awaitable))
+        try:
+            return await asyncio.shield(read)
+        except asyncio.CancelledError:
+            read.add_done_callback(_consume_outcome)
+            raise
 
     async def call(self, awaitable):
         """Await a plain Redis command, turning connection failures into ``RedisUnavailable``."""
@@ -100,3 +141,8 @@ class RedisBacked:
             return await awaitable
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(self.redis, exc) from None
+
+
+def _consume_outcome(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved

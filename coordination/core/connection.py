@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import weakref
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, replace
+from urllib.parse import quote, unquote
 
 import hiredis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster
+import redis.asyncio.sentinel  # noqa: F401 (aioredis.sentinel)
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import RedisUnavailable
@@ -21,6 +26,8 @@ SOCKET_TIMEOUT = 10.0
 
 # Errors that mean "Redis is not answering", as opposed to a command being refused.
 UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+_client_urls: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]] = (
     weakref.WeakKeyDictionary()
@@ -49,24 +56,110 @@ class FastSSLConnection(_HiredisPacking, SSLConnection):
     pass
 
 
-def resolve_url(redis_url: str | None) -> str:
-    return redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+_USERINFO = re.compile(r"^([a-z+]+://)([^@/]*?):([^@/]*)@", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``, safe for logs and pages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable Redis URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:***@", url, count=1)
+
+
+def resolve_url(redis_url: str | None) -> str:
+    return redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """What a Redis URL names: one server, a Cluster, or a Sentinel-watched primary.
+
+    - ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS, ``unix://`` sockets):
+      one server; a Cluster when ``REDIS_CLUSTER=1`` is set.
+    - ``redis+cluster://[user:password@]host:port[,host:port...]``: a Cluster, found from
+      any of the listed nodes.
+    - ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``: the primary
+      of ``service`` as the Sentinels report it, followed through failovers.
+    """
+
+    kind: str  # "single", "cluster" or "sentinel"
+    url: str  # for "single": the URL as given; otherwise redis[s]:// to the first node
+    nodes: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @property
+    def node_urls(self) -> list[str]:
+        """redis[s]:// URLs of the listed nodes (Cluster nodes or Sentinels)."""
+        scheme = "rediss" if self.tls else "redis"
+        auth = ""
+        if self.password is not None:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        return [f"{scheme}://{auth}{host}:{port}" for host, port in self.nodes]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_url(redis_url: str | None) -> RedisTarget:
+    """Say what a Redis URL names; a malformed URL raises ``RedisUnavailable`` naming it."""
+    url = resolve_url(redis_url)
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise RedisUnavailable(redact_url(url), "bad URL (expected redis://host:port)")
+    if scheme in ("redis", "rediss", "unix"):
+        if scheme != "unix" and _env_flag("REDIS_CLUSTER"):
+            return parse_url(url.replace(f"{scheme}://", f"{scheme}+cluster://", 1))
+        return RedisTarget("single", url, tls=scheme == "rediss")
+    base, _, kind = scheme.partition("+")
+    if base not in ("redis", "rediss") or kind not in ("cluster", "sentinel"):
+        raise RedisUnavailable(
+            redact_url(url),
+            f"unknown scheme {scheme!r} (use redis, rediss, unix, redis+cluster or redis+sentinel)",
+        )
+    netloc, _, path = rest.partition("/")
+    path = path.split("?", 1)[0]
+    userinfo, _, hosts = netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        if has_password:
+            username, password = unquote(user) or None, unquote(secret)
+        else:
+            password = unquote(user)
+    nodes = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise RedisUnavailable(
+                redact_url(url), f"bad node {item.strip()!r} (expected host:port)"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    parts = [p for p in path.split("/") if p]
+    service, db = "", 0
+    if kind == "sentinel":
+        if not parts:
+            raise RedisUnavailable(
+                redact_url(url), "a redis+sentinel:// URL must name the service: .../mymaster"
+            )
+        service = unquote(parts[0])
+        if len(parts) > 1:
+            if not parts[1].isdigit():
+                raise RedisUnavailable(redact_url(url), f"bad database number {parts[1]!r}")
+            db = int(parts[1])
+    elif parts and parts != ["0"]:
+        raise RedisUnavailable(redact_url(url), "a Redis Cluster has only database 0")
+    target = RedisTarget(
+        kind, "", tuple(nodes), service, db, username, password, tls=base == "rediss"
+    )
+    return replace(target, url=target.node_urls[0])
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, aioredis.RedisCluster)
 
 
 def shared_client(redis_url: str | None = None) -> aioredis.Redis:
@@ -81,29 +174,82 @@ def shared_client(redis_url: str | None = None) -> aioredis.Redis:
     return client
 
 
+_TIMEOUTS = {
+    "socket_connect_timeout": CONNECT_TIMEOUT,
+    "socket_timeout": SOCKET_TIMEOUT,
+    "health_check_interval": 30,
+}
+
+
 def new_client(redis_url: str | None = None) -> aioredis.Redis:
     """A client with its own pool (for tests and blocking readers that must not share)."""
     url = resolve_url(redis_url)
-    scheme = url.split(":", 1)[0].lower()
-    options = {}
-    if scheme == "redis":
-        options["connection_class"] = FastConnection
-    elif scheme == "rediss":
-        options["connection_class"] = FastSSLConnection
+    target = parse_url(url)
     try:
-        return aioredis.Redis.from_url(
-            url,
-            **options,
-            decode_responses=True,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
-            health_check_interval=30,
-        )
-    except ValueError as exc:
+        if target.kind == "cluster":
+            client = aioredis.RedisCluster(
+                startup_nodes=[aioredis.cluster.ClusterNode(h, p) for h, p in target.nodes],
+                username=target.username,
+                password=target.password,
+                ssl=target.tls,
+                decode_responses=True,
+                **_TIMEOUTS,
+            )
+        elif target.kind == "sentinel":
+            client = _sentinel_primary(target, aioredis.sentinel.Sentinel, aioredis.Redis)
+        else:
+            scheme = url.split(":", 1)[0].lower()
+            options = {}
+            if scheme == "redis":
+                options["connection_class"] = FastConnection
+            elif scheme == "rediss":
+                options["connection_class"] = FastSSLConnection
+            client = aioredis.Redis.from_url(url, **options, decode_responses=True, **_TIMEOUTS)
+    except (ValueError, RedisClusterException) as exc:
         raise RedisUnavailable(redact_url(url), f"bad URL ({exc})") from None
+    _client_urls[client] = redact_url(url)
+    return client
+
+
+def new_sync_client(redis_url: str | None = None, **options):
+    """The blocking (redis-py) client for the same URL forms, for Django's cache and tests."""
+    import redis
+
+    url = resolve_url(redis_url)
+    target = parse_url(url)
+    options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+    options.setdefault("socket_timeout", SOCKET_TIMEOUT)
+    if target.kind == "cluster":
+        return redis.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in target.nodes],
+            username=target.username,
+            password=target.password,
+            ssl=target.tls,
+            **options,
+        )
+    if target.kind == "sentinel":
+        return _sentinel_primary(target, redis.sentinel.Sentinel, redis.Redis, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_primary(target: RedisTarget, sentinel_class, redis_class, **options):
+    auth = {"username": target.username, "password": target.password}
+    tls = {"ssl": True} if target.tls else {}
+    options = {"decode_responses": True, **_TIMEOUTS, **options}
+    options.pop("health_check_interval", None)
+    sentinel = sentinel_class(
+        list(target.nodes),
+        sentinel_kwargs={**auth, **tls, "socket_timeout": CONNECT_TIMEOUT},
+        **options,
+    )
+    return sentinel.master_for(target.service, redis_class=redis_class, db=target.db, **auth, **tls)
 
 
 def client_url(client: aioredis.Redis) -> str:
+    """The (password-redacted) URL a client was made for, for error messages."""
+    known = _client_urls.get(client)
+    if known:
+        return known
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"

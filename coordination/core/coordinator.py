@@ -198,7 +198,7 @@ class AgentCoordinator(RedisBacked):
                 if remaining <= 0:
                     return
                 block_ms = max(1, int(min(remaining, MAX_BLOCK_SECONDS) * 1000))
-            reply = await self.call(
+            reply = await self.call_blocking(
                 client.xread({self._keys.events: cursor}, count=SUBSCRIBE_BATCH, block=block_ms)
             )
             if not reply:
@@ -283,10 +283,7 @@ class AgentCoordinator(RedisBacked):
 
     async def get_state_versions(self) -> dict[str, tuple[Any, int]]:
         """Every key with its value and version, read in one atomic step (for editors)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self._keys.state)
-            pipe.hgetall(self._keys.versions)
-            values, versions = await self.call(pipe.execute())
+        values, versions = await self.read_hashes(self._keys.state, self._keys.versions)
         return {k: (json.loads(v), int(versions.get(k, 0))) for k, v in sorted(values.items())}
 
     # -- escalation and human control -----------------------------------------------------

@@ -119,10 +119,7 @@ class SessionIndex(RedisBacked):
         """The session's summary, or None if it has no events (unknown or expired)."""
         validate_session_id(session_id)
         keys = self.keys.session(session_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(keys.meta)
-            pipe.hgetall(keys.claim)
-            meta, claim = await self.call(pipe.execute())
+        meta, claim = await self.read_hashes(keys.meta, keys.claim)
         if not meta:
             return None
         return _summary(session_id, meta, claim)
@@ -329,7 +326,7 @@ class SessionIndex(RedisBacked):
         if after != "$":
             validate_event_id(after, "feed cursor")
         block_ms = None if block is None else max(1, int(block * 1000))
-        reply = await self.call(
+        reply = await self.call_blocking(
             self.redis.xread({self.keys.feed: after}, count=count, block=block_ms)
         )
         if not reply:

@@ -73,16 +73,20 @@ class Keyspace:
                 f"namespace {namespace!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
             )
         self.namespace = namespace
-        ns = namespace
-        self.feed = f"{ns}:feed"
-        self.activity = f"{ns}:idx:activity"
-        self.names = f"{ns}:idx:names"
-        self.owners = f"{ns}:idx:owners"
-        self.escalations = f"{ns}:idx:escalations"
-        self.agents = f"{ns}:agents"
-        self.agents_seen = f"{ns}:agents:seen"
-        self.status = {s: f"{ns}:idx:status:{s}" for s in STATUSES}
-        self.stats = f"{ns}:stats:events-per-minute"
+        # The global keys share one hash tag, so that on Redis Cluster one script can update
+        # them all atomically (they live on one node; each session's keys on its own slot).
+        g = f"{namespace}:{{index}}"
+        self.feed = f"{g}:feed"
+        self.activity = f"{g}:activity"
+        self.names = f"{g}:names"
+        self.owners = f"{g}:owners"
+        self.escalations = f"{g}:escalations"
+        self.agents = f"{g}:agents"
+        self.agents_seen = f"{g}:agents-seen"
+        self.status = {s: f"{g}:status:{s}" for s in STATUSES}
+        self.stats = f"{g}:events-per-minute"
+        # Cluster mode only: the index state last applied per session (see scripts.APPLY_INDEX).
+        self.applied = f"{g}:applied"
 
     def session(self, session_id: str) -> SessionKeys:
         base = f"{self.namespace}:{{{encode_id(session_id)}}}"

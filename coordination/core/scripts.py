@@ -1,8 +1,12 @@
 """Lua scripts: each operation is one script, so a change and its event are one atomic step.
 
-Every script receives the same KEYS (see ``Keyspace``): the session's own keys first, then the
-index keys. ARGV[1..4] are the session id, the stream cap, the feed cap and the retention in ms;
-the rest belong to the operation.
+On one server every session script receives the same KEYS (see ``Keyspace``): the session's
+own keys first, then the global index keys, so the event, its feed entry and the index change
+are one step. On Redis Cluster the session's keys and the global keys live on different slots;
+there the script gets only the session's keys and returns the global writes, which
+``APPLY_INDEX`` then runs on the index slot (two steps, see ``SessionScript``).
+ARGV[1..4] are the session id, the stream cap, the feed cap and the retention in ms; the rest
+belong to the operation.
 """
 
 from __future__ import annotations
@@ -11,16 +15,41 @@ import hashlib
 
 from redis.exceptions import NoScriptError
 
+# How a script reaches the global keys. On one server they are KEYS[6..18] and are written in the
+# same atomic step as the session's keys.
+SINGLE_SERVER_KEYS = r"""
+local SPLIT = false
+local G = {feed=KEYS[6], activity=KEYS[7], names=KEYS[8], owners=KEYS[9], esc=KEYS[10],
+  agents=KEYS[11], seen=KEYS[12], ['status:active']=KEYS[13], ['status:waiting']=KEYS[14],
+  ['status:escalated']=KEYS[15], ['status:human']=KEYS[16], ['status:closed']=KEYS[17],
+  stats=KEYS[18]}
+local OPS = nil
+local function idx(cmd, name, ...) return redis.call(cmd, G[name], ...) end
+"""
+
+# On Redis Cluster a script may only touch one slot, so a session script gets only its five
+# keys and returns the global writes for APPLY_INDEX to run on the index slot. The session's
+# place in the indexes is not sent as deltas (two clients' second steps may arrive in either
+# order) but as one absolute SYNC record read from the session's meta at the end of the script.
+CLUSTER_KEYS = r"""
+local SPLIT = true
+local G = {}
+local OPS = {}
+local function idx(cmd, name, ...)
+  if name == 'feed' or name == 'agents' or name == 'seen' then
+    table.insert(OPS, {cmd, name, ...})
+  end
+end
+"""
+
 PRELUDE = r"""
 local SID = ARGV[1]
 local STREAM_CAP = ARGV[2]
 local FEED_CAP = ARGV[3]
 local RETENTION = tonumber(ARGV[4])
 local K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_FEED, K_ACTIVITY, K_NAMES, K_OWNERS, K_ESC = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_AGENTS, K_SEEN = KEYS[11], KEYS[12]
-local K_STATUS = {active=KEYS[13], waiting=KEYS[14], escalated=KEYS[15], human=KEYS[16], closed=KEYS[17]}
-local K_STATS = KEYS[18]
+local STATUSES = {'active', 'waiting', 'escalated', 'human', 'closed'}
+local CLEARED_ID = nil
 
 local clock = redis.call('TIME')
 local NOW = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -45,8 +74,8 @@ end
 local function set_owner(new_owner)
   local old = meta('owner')
   if old == new_owner then return end
-  if old ~= '' then redis.call('ZREM', K_OWNERS, old .. '\0' .. SID) end
-  if new_owner ~= '' then redis.call('ZADD', K_OWNERS, 0, new_owner .. '\0' .. SID) end
+  if old ~= '' then idx('ZREM', 'owners', old .. '\0' .. SID) end
+  if new_owner ~= '' then idx('ZADD', 'owners', 0, new_owner .. '\0' .. SID) end
   redis.call('HSET', K_META, 'owner', new_owner)
 end
 
@@ -58,6 +87,15 @@ local function grant_claim(agent, ttl)
   return token
 end
 
+local function bump_stats(minute)
+  if SPLIT then
+    table.insert(OPS, {'STAT', 'stats', minute})
+  elseif redis.call('HINCRBY', G.stats, minute, 1) == 1 then
+    redis.call('HDEL', G.stats, minute - 60)
+    redis.call('PEXPIRE', G.stats, 3600000)
+  end
+end
+
 -- Appends the event to the session stream and the global feed, and keeps the index current.
 -- ``old_status`` may be passed when the caller already read it. Expiry of the session's keys
 -- slides with activity but is refreshed at most once a minute, to keep publishing cheap.
@@ -65,10 +103,10 @@ local function emit(etype, data, source, new_status, old_status)
   local id
   if source ~= nil and source ~= '' then
     id = redis.call('XADD', K_EVENTS, 'MAXLEN', '~', STREAM_CAP, '*', 't', etype, 'd', data, 'src', source)
-    redis.call('XADD', K_FEED, 'MAXLEN', '~', FEED_CAP, '*', 's', SID, 'e', id, 't', etype, 'd', data, 'src', source)
+    idx('XADD', 'feed', 'MAXLEN', '~', FEED_CAP, '*', 's', SID, 'e', id, 't', etype, 'd', data, 'src', source)
   else
     id = redis.call('XADD', K_EVENTS, 'MAXLEN', '~', STREAM_CAP, '*', 't', etype, 'd', data)
-    redis.call('XADD', K_FEED, 'MAXLEN', '~', FEED_CAP, '*', 's', SID, 'e', id, 't', etype, 'd', data)
+    idx('XADD', 'feed', 'MAXLEN', '~', FEED_CAP, '*', 's', SID, 'e', id, 't', etype, 'd', data)
   end
   local ms = tonumber(string.match(id, '^(%d+)'))
   local current = redis.call('HMGET', K_META, 'status', 'ttl_ms')
@@ -77,9 +115,9 @@ local function emit(etype, data, source, new_status, old_status)
   if status == '' then status = 'active' end
   if old_status == '' then
     redis.call('HSET', K_META, 'created', ms)
-    redis.call('ZADD', K_NAMES, 0, SID)
+    idx('ZADD', 'names', 0, SID)
   elseif old_status ~= status then
-    redis.call('ZREM', K_STATUS[old_status], SID)
+    idx('ZREM', 'status:' .. old_status, SID)
   end
   local refresh = ms - tonumber(current[2] or '0') > 60000
   if refresh then
@@ -90,15 +128,93 @@ local function emit(etype, data, source, new_status, old_status)
   else
     redis.call('HSET', K_META, 'status', status, 'last_id', id, 'last_type', etype, 'last_ms', ms)
   end
-  redis.call('ZADD', K_STATUS[status], ms, SID)
-  redis.call('ZADD', K_ACTIVITY, ms, SID)
-  local minute = math.floor(ms / 60000)
-  if redis.call('HINCRBY', K_STATS, minute, 1) == 1 then
-    redis.call('HDEL', K_STATS, minute - 60)
-    redis.call('PEXPIRE', K_STATS, 3600000)
-  end
+  idx('ZADD', 'status:' .. status, ms, SID)
+  idx('ZADD', 'activity', ms, SID)
+  bump_stats(math.floor(ms / 60000))
   return id
 end
+"""
+
+# Cluster mode: the script's body runs as a function, then the global writes are returned.
+CLUSTER_EPILOGUE = r"""
+local result = body()
+if #OPS == 0 and CLEARED_ID == nil then return {result, ''} end
+local m = redis.call('HMGET', K_META, 'status', 'owner', 'escalated_ms', 'last_ms', 'last_id')
+if m[5] then
+  table.insert(OPS, {'SYNC', SID, m[5], m[1] or '', m[2] or '', m[3] or '', m[4] or ''})
+elseif CLEARED_ID ~= nil and CLEARED_ID ~= '' then
+  table.insert(OPS, {'SYNC', SID, CLEARED_ID, '', '', '', ''})
+end
+return {result, cjson.encode(OPS)}
+"""
+
+# Cluster mode, second step, on the index slot. KEYS: the global keys, then the applied-state
+# hash. ARGV[1]: the operations a session script returned, as JSON.
+APPLY_INDEX = r"""
+local G = {feed=KEYS[1], activity=KEYS[2], names=KEYS[3], owners=KEYS[4], esc=KEYS[5],
+  agents=KEYS[6], seen=KEYS[7], ['status:active']=KEYS[8], ['status:waiting']=KEYS[9],
+  ['status:escalated']=KEYS[10], ['status:human']=KEYS[11], ['status:closed']=KEYS[12],
+  stats=KEYS[13]}
+local APPLIED = KEYS[14]
+local STATUSES = {'active', 'waiting', 'escalated', 'human', 'closed'}
+
+local function newer(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if not bm then return true end
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+
+-- Moves the session to where its meta said it was as of event ``v``, unless a newer record
+-- was applied already.
+local function sync(sid, v, status, owner, esc_ms, last_ms)
+  local raw = redis.call('HGET', APPLIED, sid)
+  local prev_status, prev_owner = '', ''
+  if raw then
+    local prev = cjson.decode(raw)
+    if not newer(v, prev[1]) then return end
+    prev_status, prev_owner = prev[2], prev[3]
+  end
+  if prev_owner ~= '' and prev_owner ~= owner then
+    redis.call('ZREM', G.owners, prev_owner .. '\0' .. sid)
+  end
+  if status == '' then
+    for _, s in ipairs(STATUSES) do redis.call('ZREM', G['status:' .. s], sid) end
+    redis.call('ZREM', G.activity, sid)
+    redis.call('ZREM', G.names, sid)
+    redis.call('ZREM', G.esc, sid)
+  else
+    if prev_status ~= '' and prev_status ~= status then
+      redis.call('ZREM', G['status:' .. prev_status], sid)
+    end
+    redis.call('ZADD', G['status:' .. status], last_ms, sid)
+    if owner ~= '' then redis.call('ZADD', G.owners, 0, owner .. '\0' .. sid) end
+    if esc_ms ~= '' then
+      redis.call('ZADD', G.esc, 'NX', esc_ms, sid)
+    else
+      redis.call('ZREM', G.esc, sid)
+    end
+    redis.call('ZADD', G.activity, last_ms, sid)
+    redis.call('ZADD', G.names, 0, sid)
+  end
+  redis.call('HSET', APPLIED, sid, cjson.encode({v, status, owner}))
+end
+
+for _, op in ipairs(cjson.decode(ARGV[1])) do
+  local cmd = op[1]
+  if cmd == 'SYNC' then
+    sync(op[2], op[3], op[4], op[5], op[6], op[7])
+  elseif cmd == 'STAT' then
+    if redis.call('HINCRBY', G.stats, op[3], 1) == 1 then
+      redis.call('HDEL', G.stats, op[3] - 60)
+      redis.call('PEXPIRE', G.stats, 3600000)
+    end
+  else
+    redis.call(cmd, G[op[2]], unpack(op, 3))
+  end
+end
+return 1
 """
 
 # ARGV[5] type, [6] data JSON, [7] source, [8] presence agent id, [9] presence JSON,
@@ -117,20 +233,21 @@ if etype == 'session_closed' then
   redis.call('DEL', K_CLAIM)
   redis.call('HDEL', K_META, 'controller', 'taken_ms', 'escalated_ms')
   set_owner('')
-  redis.call('ZREM', K_ESC, SID)
+  idx('ZREM', 'esc', SID)
 elseif etype == 'escalated' then
   if status ~= 'human' then
     new_status = 'escalated'
-    if redis.call('ZADD', K_ESC, 'NX', NOW, SID) == 1 then
-      redis.call('HSET', K_META, 'escalated_ms', NOW)
+    -- the queue keeps the time of the first escalation
+    if redis.call('HSETNX', K_META, 'escalated_ms', NOW) == 1 then
+      idx('ZADD', 'esc', 'NX', NOW, SID)
     end
   end
 elseif etype == 'handoff_ready' then
   new_status = next_status(status, 'waiting')
 end
 if ARGV[8] ~= '' then
-  redis.call('HSET', K_AGENTS, ARGV[8], ARGV[9])
-  redis.call('ZADD', K_SEEN, NOW, ARGV[8])
+  idx('HSET', 'agents', ARGV[8], ARGV[9])
+  idx('ZADD', 'seen', NOW, ARGV[8])
 end
 return {1, emit(etype, ARGV[6], ARGV[7], new_status, status)}
 """
@@ -187,7 +304,7 @@ if string.sub(ARGV[8], 1, 1) == '1' and string.sub(ARGV[8], 2) ~= holder then
 end
 local ttl = tonumber(ARGV[6])
 local token = grant_claim(ARGV[5], ttl)
-redis.call('ZREM', K_ESC, SID)
+idx('ZREM', 'esc', SID)
 redis.call('HDEL', K_META, 'escalated_ms')
 local data = '{"from_agent":' .. jstr(holder) .. ',"to_agent":' .. jstr(ARGV[5]) .. ',"token":' .. token .. ',"ttl_ms":' .. ttl .. ',"by":' .. jstr(ARGV[7]) .. '}'
 local source = ARGV[7]
@@ -208,7 +325,7 @@ redis.call('DEL', K_CLAIM)
 redis.call('HSET', K_META, 'controller', ARGV[5], 'taken_ms', NOW)
 redis.call('HDEL', K_META, 'escalated_ms')
 set_owner(ARGV[5])
-redis.call('ZREM', K_ESC, SID)
+idx('ZREM', 'esc', SID)
 local data = '{"supervisor":' .. jstr(ARGV[5]) .. ',"previous_owner":' .. jstr(holder) .. ',"reason":' .. ARGV[6] .. ',"by":' .. jstr(ARGV[5]) .. '}'
 emit('human_takeover', data, ARGV[5], 'human')
 return {1, ARGV[5], tostring(NOW)}
@@ -283,12 +400,13 @@ return result
 """
 
 CLEAR_SESSION = r"""
+CLEARED_ID = meta('last_id')
 local owner = meta('owner')
-if owner ~= '' then redis.call('ZREM', K_OWNERS, owner .. '\0' .. SID) end
-for _, key in pairs(K_STATUS) do redis.call('ZREM', key, SID) end
-redis.call('ZREM', K_ACTIVITY, SID)
-redis.call('ZREM', K_NAMES, SID)
-redis.call('ZREM', K_ESC, SID)
+if owner ~= '' then idx('ZREM', 'owners', owner .. '\0' .. SID) end
+for _, s in ipairs(STATUSES) do idx('ZREM', 'status:' .. s, SID) end
+idx('ZREM', 'activity', SID)
+idx('ZREM', 'names', SID)
+idx('ZREM', 'esc', SID)
 return redis.call('DEL', K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS)
 """
 
@@ -311,9 +429,9 @@ return now
 class Script:
     """A Lua script run by SHA, loaded on first use or after a server restart."""
 
-    def __init__(self, name: str, body: str, prelude: bool = True) -> None:
+    def __init__(self, name: str, body: str, prelude: bool = False) -> None:
         self.name = name
-        self.source = (PRELUDE + body) if prelude else body
+        self.source = (SINGLE_SERVER_KEYS + PRELUDE + body) if prelude else body
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(self, client, keys: list[str], args: list) -> object:
@@ -323,13 +441,41 @@ class Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
-publish_script = Script("publish", PUBLISH)
-claim_script = Script("claim", CLAIM)
-renew_script = Script("renew", RENEW)
-release_script = Script("release", RELEASE)
-reassign_script = Script("reassign", REASSIGN)
-takeover_script = Script("takeover", TAKEOVER)
-handback_script = Script("handback", HANDBACK)
-update_state_script = Script("update_state", UPDATE_STATE)
-clear_session_script = Script("clear_session", CLEAR_SESSION)
-heartbeat_script = Script("heartbeat", HEARTBEAT, prelude=False)
+class SessionScript(Script):
+    """A session operation. On one server it gets the session's keys and the global keys; on
+    Redis Cluster (``cluster``) only the session's keys, and it returns ``[result, ops]`` where
+    ``ops`` (JSON, or '' when nothing changed) is what ``apply_index_script`` must apply."""
+
+    def __init__(self, name: str, body: str) -> None:
+        super().__init__(name, body, prelude=True)
+        self.cluster = Script(
+            f"{name} (cluster)",
+            CLUSTER_KEYS
+            + PRELUDE
+            + "local function body()\n"
+            + body
+            + "\nend\n"
+            + CLUSTER_EPILOGUE,
+        )
+
+
+publish_script = SessionScript("publish", PUBLISH)
+claim_script = SessionScript("claim", CLAIM)
+renew_script = SessionScript("renew", RENEW)
+release_script = SessionScript("release", RELEASE)
+reassign_script = SessionScript("reassign", REASSIGN)
+takeover_script = SessionScript("takeover", TAKEOVER)
+handback_script = SessionScript("handback", HANDBACK)
+update_state_script = SessionScript("update_state", UPDATE_STATE)
+clear_session_script = SessionScript("clear_session", CLEAR_SESSION)
+heartbeat_script = Script("heartbeat", HEARTBEAT)
+apply_index_script = Script("apply_index", APPLY_INDEX)
+# Reads several hashes of one session (one slot) atomically; a Cluster pipeline cannot MULTI.
+read_hashes_script = Script(
+    "read_hashes",
+    """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
+return out
+""",
+)

@@ -55,18 +55,20 @@ LiveServer = AsgiServer  # one uvicorn; stop() and start() again on the same por
 
 
 @pytest.fixture(scope="session")
-def browser_namespace(redis_url):
+def browser_namespace(redis_server_url):
     import redis
 
     ns = f"test-browser-{uuid.uuid4().hex[:10]}"
     yield ns
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(redis_server_url, decode_responses=True)
     delete_namespace(client, ns)
     client.close()
 
 
 @pytest.fixture(scope="session")
-def server_env(django_db_setup, django_db_blocker, redis_url, browser_namespace, tmp_path_factory):
+def server_env(
+    django_db_setup, django_db_blocker, redis_server_url, browser_namespace, tmp_path_factory
+):
     from django.contrib.auth.models import Group, User
 
     def create_users():
@@ -87,7 +89,7 @@ def server_env(django_db_setup, django_db_blocker, redis_url, browser_namespace,
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "coordinator_site.settings",
         "DATABASE_URL": url,
-        "REDIS_URL": redis_url,
+        "REDIS_URL": redis_server_url,
         "COORDINATION_NAMESPACE": browser_namespace,
         "COORDINATION_VAR_DIR": str(tmp_path_factory.mktemp("var")),
         "SECRET_KEY": django_settings.SECRET_KEY,
@@ -160,13 +162,13 @@ def agent_loop():
 
 
 @pytest.fixture
-def core(redis_url, browser_namespace, agent_loop):
+def core(redis_server_url, browser_namespace, agent_loop):
     """Publish from the test the way an agent would (each call on its own connection)."""
 
     class Core:
         def run(self, session_id: str, action):
             async def go():
-                client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+                client = aioredis.Redis.from_url(redis_server_url, decode_responses=True)
                 try:
                     return await action(
                         AgentCoordinator(session_id, client=client, namespace=browser_namespace)

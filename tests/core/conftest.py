@@ -20,3 +20,11 @@ def make(redis_url, namespace):
             return SessionIndex(redis_url, namespace=namespace, **kw)
 
     return Factory()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request):
+    """Every core test runs on one Redis server and on a Redis Cluster."""
+    if request.param == "cluster":
+        return request.getfixturevalue("redis_cluster_url")
+    return request.getfixturevalue("redis_server_url")

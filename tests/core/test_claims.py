@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import redis.asyncio as aioredis
 
 from coordination import AtomicOperations, EventType, NotOwner, SessionTakenOver
+from coordination.core.connection import new_client
 
 
 async def test_one_winner_among_100_claimers_on_separate_connections(redis_url, namespace):
-    clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(100)]
+    clients = [new_client(redis_url) for _ in range(100)]
     try:
         ops = [AtomicOperations(client=c, namespace=namespace) for c in clients]
         results = await asyncio.gather(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 
 from coordinator_site.settings import redis_services
 
@@ -20,6 +20,8 @@ def coordination_settings(settings, redis_url, namespace):
 def supervisor(db):
     user = User.objects.create_user("sup", password="pw-sup-123456")
     group, _ = Group.objects.get_or_create(name="supervisors")
+    # as migration 0002 grants it (transactional tests flush migration data)
+    group.permissions.add(Permission.objects.get(codename="intervene"))
     user.groups.add(group)
     return user
 
@@ -30,3 +32,11 @@ def viewer(db):
     group, _ = Group.objects.get_or_create(name="viewers")
     user.groups.add(group)
     return user
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request):
+    """Every dashboard test runs on one Redis server and on a Redis Cluster."""
+    if request.param == "cluster":
+        return request.getfixturevalue("redis_cluster_url")
+    return request.getfixturevalue("redis_server_url")

@@ -42,15 +42,13 @@ async def test_one_relay_leads_and_another_takes_over_resuming_from_the_cursor(
         assert all(f'data-event-id="{m["id"]}"' in m["html"] for m in got)
         assert not second.is_leader
 
-        t1.cancel()  # the leading worker dies; its lease is released on the way out
-        await asyncio.gather(t1, return_exceptions=True)
+        await first.stop(t1)  # the leading worker stops; its lease is released on the way out
         more = [await coord.publish(EventType.MESSAGE, {"n": n}) for n in range(3, 6)]
         got = await receive_until(layer, channel, 3)
         assert [m["id"] for m in got] == [e.id for e in more]
         assert second.is_leader
     finally:
-        t2.cancel()
-        await asyncio.gather(t2, return_exceptions=True)
+        await second.stop(t2)
         await layer.group_discard(session_group("s-relay"), channel)
 
 
@@ -77,5 +75,4 @@ async def test_lists_get_coalesced_notices(redis_url, namespace, coordination_se
                 notices += 1
         assert notices < 50  # bursts are merged, not one notice per event
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await relay.stop(task)
