@@ -2,8 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from coordination import metrics, views
-from coordination import api
+from coordination import api, metrics, views
 from coordination.auth import ThrottledLoginView
 
 urlpatterns = [
