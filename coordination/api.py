@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, JsonResponse
+from django.urls import re_path
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from ninja import Field, NinjaAPI, Query, Schema
 from ninja.security import HttpBearer
 
@@ -379,9 +381,16 @@ def urls():
     """The API's URL patterns. The views answer 401 themselves (bearer token), so the
     site-wide LoginRequiredMiddleware, which would redirect to the login page, skips them."""
     patterns, app_name, namespace = api.urls
+    patterns = [*patterns, re_path(r"^[\s\S]*$", _not_found)]  # [\s\S]: ids may hold newlines
     for pattern in _walk(patterns):
         pattern.callback.login_required = False
     return patterns, app_name, namespace
+
+
+@csrf_exempt  # token clients send no CSRF token; this view changes nothing
+def _not_found(request: HttpRequest, *args, **kwargs) -> JsonResponse:
+    """JSON, not the site's HTML 404, for any other path under /api/v1/."""
+    return JsonResponse({"detail": f"no API endpoint at {request.path!r}"}, status=404)
 
 
 def _walk(patterns):
