@@ -3,6 +3,7 @@ and leaves an ``AuditEntry``, refused attempts included. Views only parse forms 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,9 @@ from .services import atomic_operations, coordinator, session_index
 from .templatetags.coordination_tags import humanize_age
 
 MAX_TEXT = 4000
+
+
+audit_log = logging.getLogger("coordination.audit")
 
 
 class InterventionRefused(Exception):
@@ -58,6 +62,20 @@ def snapshot(summary: SessionSummary | None) -> dict[str, Any] | None:
 def _audit(
     actor: Actor, action: str, session_id: str, before, after, outcome: str, detail: str
 ) -> None:
+    audit_log.info(
+        "%s %s %s: %s",
+        actor.user.get_username(),
+        action,
+        outcome,
+        detail[:200],
+        extra={
+            "session_id": session_id,
+            "actor": actor.user.get_username(),
+            "action": action,
+            "outcome": outcome,
+            "client_address": actor.address,
+        },
+    )
     AuditEntry.objects.create(
         actor=actor.user,
         actor_name=actor.user.get_username(),

@@ -43,14 +43,31 @@ class CoordinationErrorMiddleware:
     def process_exception(self, request, exception):
         if isinstance(exception, CoordinationError) and not isinstance(exception, RedisUnavailable):
             status = 400 if isinstance(exception, ValueError) else 409
+            log.info(
+                "%s for %s: %s",
+                status,
+                request.path,
+                exception,
+                extra={"status": status, "path": request.path, "actor": _username(request)},
+            )
             return HttpResponse(
                 str(exception), status=status, content_type="text/plain; charset=utf-8"
             )
         if not isinstance(exception, RedisUnavailable):
             return None
-        log.warning("503 for %s: %s", request.path, exception)
+        log.warning(
+            "503 for %s: %s",
+            request.path,
+            exception,
+            extra={"status": 503, "path": request.path, "actor": _username(request)},
+        )
         response = render(
             request, "503.html", {"redis_url": redact_url(settings.REDIS_URL)}, status=503
         )
         response["Retry-After"] = "5"
         return response
+
+
+def _username(request) -> str | None:
+    user = getattr(request, "user", None)
+    return user.get_username() if user is not None and user.is_authenticated else None

@@ -185,3 +185,19 @@ def test_create_api_token_prints_a_token_and_stores_only_its_digest(supervisor, 
     assert token.startswith("coord_")
     row = ApiToken.objects.get(name="ci")
     assert row.digest == ApiToken.hash(token) and token not in (row.digest, row.prefix)
+
+
+async def test_each_intervention_is_one_json_log_line_with_session_and_actor(tokens, seed, caplog):
+    import json
+    import logging
+
+    from coordination.logging import JsonFormatter
+
+    await seed("api-log", escalate=True)
+    with caplog.at_level(logging.INFO, logger="coordination.audit"):
+        await client_for(tokens["supervisor"]).post("/api/v1/interventions/take-over/api-log", {})
+    lines = [JsonFormatter().format(r) for r in caplog.records if r.name == "coordination.audit"]
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["session_id"] == "api-log" and entry["actor"] == "sup"
+    assert entry["action"] == "take_over" and entry["outcome"] == "done"
