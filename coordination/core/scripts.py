@@ -144,6 +144,9 @@ if m[5] then
   table.insert(OPS, {'SYNC', SID, m[5], m[1] or '', m[2] or '', m[3] or '', m[4] or ''})
 elseif CLEARED_ID ~= nil and CLEARED_ID ~= '' then
   table.insert(OPS, {'SYNC', SID, CLEARED_ID, '', '', '', ''})
+elseif CLEARED_ID ~= nil then
+  -- the session's keys had already expired (prune): nothing to order against
+  table.insert(OPS, {'DROP', SID})
 end
 return {result, cjson.encode(OPS)}
 """
@@ -205,6 +208,15 @@ for _, op in ipairs(cjson.decode(ARGV[1])) do
   local cmd = op[1]
   if cmd == 'SYNC' then
     sync(op[2], op[3], op[4], op[5], op[6], op[7])
+  elseif cmd == 'DROP' then
+    local raw = redis.call('HGET', APPLIED, op[2])
+    if raw then
+      local prev = cjson.decode(raw)
+      if prev[3] ~= '' then redis.call('ZREM', G.owners, prev[3] .. '\0' .. op[2]) end
+    end
+    for _, s in ipairs(STATUSES) do redis.call('ZREM', G['status:' .. s], op[2]) end
+    for _, name in ipairs({'activity', 'names', 'esc'}) do redis.call('ZREM', G[name], op[2]) end
+    redis.call('HDEL', APPLIED, op[2])
   elseif cmd == 'STAT' then
     if redis.call('HINCRBY', G.stats, op[3], 1) == 1 then
       redis.call('HDEL', G.stats, op[3] - 60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from redis.cluster import key_slot
@@ -165,3 +166,20 @@ async def test_guarded_publish_is_refused_atomically_while_a_human_controls(make
     assert info.value.controller == "human:ann"
     assert [e.type for e in await coord.events()] == [EventType.MESSAGE, EventType.HUMAN_TAKEOVER]
     await coord.publish(EventType.NOTE, {"text": "unguarded writes still work"})
+
+
+async def test_prune_drops_index_entries_of_expired_sessions(make, redis_sync, namespace):
+    coord = make.coordinator("short-lived", retention=0.3)
+    await coord.publish(EventType.MESSAGE, {})
+    await make.atomic(retention=0.3).claim_handoff("short-lived", "billing")
+    index = make.index(retention=0.3)
+    assert (await index.counts_by_status())["active"] == 1
+    meta = index.keys.session("short-lived").meta
+    deadline = time.monotonic() + 10
+    while redis_sync.exists(meta):  # Redis expires the session's keys on its own clock
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert await index.prune() == 1
+    assert sum((await index.counts_by_status()).values()) == 0
+    assert (await index.list_sessions(owner="billing")).sessions == []
+    assert (await index.list_sessions()).sessions == []
