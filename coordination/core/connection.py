@@ -174,11 +174,13 @@ def shared_client(redis_url: str | None = None) -> aioredis.Redis:
     return client
 
 
-_TIMEOUTS = {
-    "socket_connect_timeout": CONNECT_TIMEOUT,
-    "socket_timeout": SOCKET_TIMEOUT,
-    "health_check_interval": 30,
-}
+def _timeouts() -> dict[str, float]:
+    # read at call time, so tests (and embedders) may lower SOCKET_TIMEOUT
+    return {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "health_check_interval": 30,
+    }
 
 
 def new_client(redis_url: str | None = None) -> aioredis.Redis:
@@ -193,7 +195,7 @@ def new_client(redis_url: str | None = None) -> aioredis.Redis:
                 password=target.password,
                 ssl=target.tls,
                 decode_responses=True,
-                **_TIMEOUTS,
+                **_timeouts(),
             )
         elif target.kind == "sentinel":
             client = _sentinel_primary(target, aioredis.sentinel.Sentinel, aioredis.Redis)
@@ -204,10 +206,11 @@ def new_client(redis_url: str | None = None) -> aioredis.Redis:
                 options["connection_class"] = FastConnection
             elif scheme == "rediss":
                 options["connection_class"] = FastSSLConnection
-            client = aioredis.Redis.from_url(url, **options, decode_responses=True, **_TIMEOUTS)
+            client = aioredis.Redis.from_url(url, **options, decode_responses=True, **_timeouts())
     except (ValueError, RedisClusterException) as exc:
         raise RedisUnavailable(redact_url(url), f"bad URL ({exc})") from None
-    _client_urls[client] = redact_url(url)
+    if target.kind != "single":  # a single server's URL is rebuilt from its pool (no query)
+        _client_urls[client] = redact_url(url)
     return client
 
 
@@ -235,7 +238,7 @@ def new_sync_client(redis_url: str | None = None, **options):
 def _sentinel_primary(target: RedisTarget, sentinel_class, redis_class, **options):
     auth = {"username": target.username, "password": target.password}
     tls = {"ssl": True} if target.tls else {}
-    options = {"decode_responses": True, **_TIMEOUTS, **options}
+    options = {"decode_responses": True, **_timeouts(), **options}
     options.pop("health_check_interval", None)
     sentinel = sentinel_class(
         list(target.nodes),

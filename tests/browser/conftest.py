@@ -9,6 +9,7 @@ import shutil
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -65,26 +66,42 @@ def browser_namespace(redis_server_url):
     client.close()
 
 
+def create_users(django_db_blocker) -> str:
+    """The browser tests' users; returns the database URL the live server should use."""
+    from django.apps import apps as django_apps
+    from django.contrib.auth.models import Group, User
+
+    with django_db_blocker.unblock():
+        if User.objects.filter(username__in=("alice", "bob", "victor")).count() == 3:
+            return database_url()
+        # the roles as migration 0002 creates them (a flush removed them too)
+        import_module("coordination.migrations.0002_roles").create_roles(django_apps, None)
+        supervisors = Group.objects.get(name="supervisors")
+        viewers = Group.objects.get(name="viewers")
+        for name, group in (("alice", supervisors), ("bob", supervisors), ("victor", viewers)):
+            user, _ = User.objects.get_or_create(
+                username=name, defaults={"is_staff": name == "alice", "is_superuser": False}
+            )
+            user.is_staff = name == "alice"
+            user.set_password(PASSWORD)
+            user.save()
+            user.groups.add(group)
+        return database_url()
+
+
+@pytest.fixture(autouse=True)
+def browser_users(request, django_db_blocker):
+    """Transactional tests elsewhere in the run flush every table when they end, users
+    included; the live server shares the database, so the users are put back when missing."""
+    if "server_env" in request.fixturenames:
+        in_plain_thread(lambda: create_users(django_db_blocker))
+
+
 @pytest.fixture(scope="session")
 def server_env(
     django_db_setup, django_db_blocker, redis_server_url, browser_namespace, tmp_path_factory
 ):
-    from django.contrib.auth.models import Group, User
-
-    def create_users():
-        with django_db_blocker.unblock():
-            supervisors, _ = Group.objects.get_or_create(name="supervisors")
-            viewers, _ = Group.objects.get_or_create(name="viewers")
-            for name, group in (("alice", supervisors), ("bob", supervisors), ("victor", viewers)):
-                user, _ = User.objects.get_or_create(
-                    username=name, defaults={"is_staff": name == "alice"}
-                )
-                user.set_password(PASSWORD)
-                user.save()
-                user.groups.add(group)
-            return database_url()
-
-    url = in_plain_thread(create_users)
+    url = in_plain_thread(lambda: create_users(django_db_blocker))
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "coordinator_site.settings",
