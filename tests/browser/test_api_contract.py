@@ -49,7 +49,8 @@ def api_schema(asgi_server, api_token, redis_server_url, browser_namespace):
 
 
 # Marked so that pytest-django creates the test database when this module runs alone.
-pytestmark = pytest.mark.django_db
+# Sorted last with the browser tests: its interventions leave audit rows in the shared database.
+pytestmark = [pytest.mark.django_db, pytest.mark.browser]
 
 EXAMPLES_PER_OPERATION = 30
 
