@@ -16,6 +16,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from . import interventions
+from .core import InvalidSessionId
+from .core.keys import validate_session_id
 from .fragments import live_header_context
 from .interventions import Actor, InterventionRefused
 
@@ -101,3 +103,69 @@ async def claim_next(request: HttpRequest) -> HttpResponse:
         response["HX-Redirect"] = target
         return response
     return redirect(target)
+
+
+BULK_ACTIONS = {
+    "release": "Release claims",
+    "reassign": "Reassign to…",
+    "hand-back": "Hand back to…",
+    "close": "Close",
+}
+MAX_BULK = 100
+
+
+def _bulk_form(request: HttpRequest, session_id: str) -> dict[str, str | None]:
+    """One session's share of the bulk form: the common target agent, and the owner and
+    controller its row showed, so a session that changed since the page was drawn is refused."""
+    post = request.POST
+    return {
+        "to_agent": post.get("to_agent", ""),
+        "expected_owner": post.get(f"owner:{session_id}"),
+        "expected_controller": post.get(f"controller:{session_id}"),
+    }
+
+
+@require_POST
+async def bulk(request: HttpRequest) -> HttpResponse:
+    """Act on the sessions ticked on the sessions list, each in its own race-safe, audited step."""
+    actor = await _actor_or_none(request)
+    if actor is None:
+        return _forbidden(request)
+    action = request.POST.get("action", "")
+    session_ids = request.POST.getlist("session_ids")
+    error = None
+    if action not in BULK_ACTIONS:
+        error = "Choose what to do with the selected sessions."
+    elif not session_ids:
+        error = "Select at least one session."
+    elif len(session_ids) > MAX_BULK:
+        error = f"{len(session_ids)} sessions selected; at most {MAX_BULK} at a time."
+
+    async def one(session_id: str) -> dict:
+        result = {"session_id": session_id, "linkable": _is_session_id(session_id)}
+        try:
+            message = await dispatch(action, actor, session_id, _bulk_form(request, session_id))
+            return {**result, "ok": True, "message": message}
+        except InterventionRefused as exc:
+            return {**result, "ok": False, "message": str(exc)}
+
+    results = [] if error else await interventions.for_each(session_ids, one)
+    context = {
+        "bulk_error": error,
+        "bulk_results": results,
+        "bulk_action": BULK_ACTIONS.get(action, action),
+        "bulk_done": sum(r["ok"] for r in results),
+    }
+    if request.headers.get("HX-Request") == "true":
+        # htmx swaps only 2xx answers; the error is shown in the results area
+        return render(request, "coordination/sessions.html#bulk-results", context)
+    context["nav"] = "sessions"
+    return render(request, "coordination/bulk_results.html", context, status=400 if error else 200)
+
+
+def _is_session_id(value: str) -> bool:
+    try:
+        validate_session_id(value)
+    except InvalidSessionId:
+        return False
+    return True

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 
 from .core import CoordinationError, EventType, InvalidCursor, RedisUnavailable
-from .core.connection import UNAVAILABLE_ERRORS
+from .core.connection import UNAVAILABLE_ERRORS, redis_failures
 from .core.coordinator import validate_event_id
 from .core.keys import validate_session_id
 from .fragments import (
@@ -29,6 +29,7 @@ from .fragments import (
 )
 from .live import SESSIONS_GROUP, parse_event_id, session_group
 from .services import coordinator, session_index
+from .telemetry import open_websockets
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,19 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
             await asyncio.wait_for(session_index().redis.ping(), REDIS_CHECK_TIMEOUT)
             await super().websocket_connect(message)
         except (RedisUnavailable, TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+            if not isinstance(exc, RedisUnavailable):
+                redis_failures.add()
             log.warning("websocket refused while Redis is unavailable: %s", exc)
             await self.close(code=CLOSE_TRY_AGAIN)
             return
         self._redis_watch = asyncio.create_task(self._watch_redis())
+        open_websockets.opened()
 
     async def websocket_disconnect(self, message):
         watch = getattr(self, "_redis_watch", None)
         if watch is not None:
             watch.cancel()
+            open_websockets.closed()
         await super().websocket_disconnect(message)
 
     async def _watch_redis(self):
@@ -74,7 +79,9 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
             await asyncio.sleep(REDIS_CHECK_SECONDS)
             try:
                 await asyncio.wait_for(client.ping(), REDIS_CHECK_TIMEOUT)
-            except (RedisUnavailable, TimeoutError, *UNAVAILABLE_ERRORS):
+            except (RedisUnavailable, TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+                if not isinstance(exc, RedisUnavailable):
+                    redis_failures.add()
                 await self.close(code=CLOSE_TRY_AGAIN)
                 return
 
@@ -124,9 +131,13 @@ class SessionsConsumer(LoginRequiredConsumer):
             if not self.filters.matches(summary):
                 continue
             if self.first_page:
-                on_top.append(render_session_row(summary))  # newest activity first
+                on_top.append(
+                    render_session_row(summary, can_intervene=self.can_intervene)
+                )  # newest activity first
             else:
-                in_place.append(render_session_row(summary, oob="true"))
+                in_place.append(
+                    render_session_row(summary, oob="true", can_intervene=self.can_intervene)
+                )
         # Separate messages: an HTML parser folds a <tbody> that follows a <tr> into the
         # same table body, which would turn the prepend into a second swap of the same id.
         if removed:

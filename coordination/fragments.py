@@ -137,10 +137,12 @@ def session_row_context(summary: SessionSummary) -> dict[str, Any]:
     return {"s": summary, "row_id": dom_id(summary.session_id)}
 
 
-def render_session_row(summary: SessionSummary, *, oob: str = "", request=None) -> str:
+def render_session_row(
+    summary: SessionSummary, *, oob: str = "", can_intervene: bool = False, request=None
+) -> str:
     return render_to_string(
         "coordination/sessions.html#session-row",
-        {**session_row_context(summary), "oob": oob},
+        {**session_row_context(summary), "oob": oob, "can_intervene": can_intervene},
         request=request,
     )
 

@@ -24,6 +24,7 @@ from .core import (
 from .core.keys import validate_agent_id, validate_session_id
 from .models import AuditEntry
 from .services import atomic_operations, coordinator, session_index
+from .telemetry import count_intervention
 from .templatetags.coordination_tags import humanize_age
 
 MAX_TEXT = 4000
@@ -89,6 +90,11 @@ def _audit(
     )
 
 
+async def _record(index, actor: Actor, action: str, session_id: str, *details) -> None:
+    await _audit(actor, action, session_id, *details)
+    await count_intervention(index, action, details[2])
+
+
 async def _perform(actor: Actor, action: str, session_id: str, operation, detail: str = "") -> str:
     """Run ``operation``, audit it (done or refused), and return the message for the page."""
     index = session_index()
@@ -98,20 +104,27 @@ async def _perform(actor: Actor, action: str, session_id: str, operation, detail
         raise InterventionRefused(f"Bad session id: {exc}") from None
     before = await index.get_session(session_id)
     if before is None:
-        await _audit(actor, action, session_id, None, None, "refused", "unknown session")
+        await _record(index, actor, action, session_id, None, None, "refused", "unknown session")
         raise InterventionRefused(f"Session {session_id!r} does not exist (or has expired).")
     try:
         message = await operation(before)
     except InterventionRefused as exc:
-        await _audit(actor, action, session_id, snapshot(before), None, "refused", str(exc))
+        await _record(index, actor, action, session_id, snapshot(before), None, "refused", str(exc))
         raise
     except CoordinationError as exc:
         refusal = _explain(exc)
-        await _audit(actor, action, session_id, snapshot(before), None, "refused", refusal)
+        await _record(index, actor, action, session_id, snapshot(before), None, "refused", refusal)
         raise InterventionRefused(refusal) from exc
     after = await index.get_session(session_id)
-    await _audit(
-        actor, action, session_id, snapshot(before), snapshot(after), "done", detail or message
+    await _record(
+        index,
+        actor,
+        action,
+        session_id,
+        snapshot(before),
+        snapshot(after),
+        "done",
+        detail or message,
     )
     return message
 

@@ -24,6 +24,7 @@ from django.conf import settings
 from .core import RedisUnavailable, SessionIndex
 from .core.scripts import Script
 from .fragments import event_item
+from .telemetry import report
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class Relay:
                         log.info("relay %s is now the active relay", self.worker_id)
                         await self._lead(layer)
                     self.is_leader = False
+                    await report(self.index, self.worker_id)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), self.lease_ttl_ms / 3000)
                 except RedisUnavailable as exc:
@@ -184,4 +186,5 @@ class Relay:
             if now - last_renew >= renew_every:
                 if not await self._acquire():
                     return
+                await report(self.index, self.worker_id)
                 last_renew = now

@@ -13,8 +13,10 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .core import EventType
+from .core.connection import redis_failures
 from .live import Relay, parse_event_id
 from .services import session_index
 
@@ -32,7 +34,17 @@ class _Snapshot:
 async def gather_families() -> list:
     index = session_index()
     relay = Relay(index)
-    counts, queue_len, oldest, agents, per_minute, newest, cursor = await asyncio.gather(
+    (
+        counts,
+        queue_len,
+        oldest,
+        agents,
+        per_minute,
+        newest,
+        cursor,
+        counters,
+        workers,
+    ) = await asyncio.gather(
         index.counts_by_status(),
         index.escalation_count(),
         index.escalation_queue(limit=1),
@@ -40,6 +52,8 @@ async def gather_families() -> list:
         index.events_per_minute(),
         index.latest_feed_id(),
         index.call(index.redis.get(relay.cursor_key)),
+        index.counters(),
+        index.worker_reports(),
     )
     sessions = GaugeMetricFamily(
         "coordinator_sessions", "Sessions in the index by status", labels=["status"]
@@ -52,6 +66,17 @@ async def gather_families() -> list:
         lag_ms = max(0, parse_event_id(newest)[0] - parse_event_id(cursor)[0])
     return [
         sessions,
+        *counter_families(counters),
+        GaugeMetricFamily(
+            "coordinator_websocket_clients",
+            "Open dashboard websockets, all server processes",
+            value=sum(w.get("websockets", 0) for w in workers.values()),
+        ),
+        GaugeMetricFamily(
+            "coordinator_dashboard_processes",
+            "Dashboard server processes that reported in the last 15 s",
+            value=len(workers),
+        ),
         GaugeMetricFamily(
             "coordinator_escalation_queue_length", "Sessions waiting for a human", value=queue_len
         ),
@@ -74,6 +99,33 @@ async def gather_families() -> list:
             value=lag_ms / 1000,
         ),
     ]
+
+
+def counter_families(counters: dict[str, int]) -> list:
+    """The shared counters (see ``telemetry``) as Prometheus counters."""
+    events = CounterMetricFamily("coordinator_events", "Events published, by type", labels=["type"])
+    claims = CounterMetricFamily(
+        "coordinator_claims", "Handoff claims, won or lost", labels=["outcome"]
+    )
+    interventions = CounterMetricFamily(
+        "coordinator_interventions", "Supervisor interventions", labels=["action", "outcome"]
+    )
+    for event_type in EventType:
+        events.add_metric([event_type.value], counters.get(f"events:{event_type.value}", 0))
+    for outcome in ("won", "lost"):
+        claims.add_metric([outcome], counters.get(f"claims:{outcome}", 0))
+    for field, value in sorted(counters.items()):
+        kind, _, rest = field.partition(":")
+        if kind == "interventions":
+            interventions.add_metric(rest.split(":", 1), value)
+    # this process's failures not yet added to the shared counter are included
+    unreported = redis_failures.total - redis_failures.reported
+    errors = CounterMetricFamily(
+        "coordinator_redis_errors",
+        "Times a dashboard process found Redis unavailable",
+        value=counters.get("redis_errors", 0) + unreported,
+    )
+    return [events, claims, interventions, errors]
 
 
 def _authorized(request: HttpRequest) -> bool:

@@ -12,6 +12,7 @@ urlpatterns = [
     path("sessions/<path:session_id>/", views.session_detail, name="session"),
     path("timeline/<path:session_id>/", views.timeline, name="timeline"),
     path("agents/", views.agents, name="agents"),
+    path("act-bulk/", actions.bulk, name="bulk"),
     path("act/<slug:action>/<path:session_id>/", actions.act, name="act"),
     path("escalations/claim-next/", actions.claim_next, name="claim_next"),
 ]

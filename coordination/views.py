@@ -13,6 +13,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from .actions import BULK_ACTIONS
 from .core import InvalidCursor, InvalidSessionId, RedisUnavailable, redact_url
 from .core.connection import UNAVAILABLE_ERRORS
 from .core.keys import validate_session_id
@@ -70,6 +71,8 @@ async def sessions(request: HttpRequest) -> HttpResponse:
         "first_page": filters.cursor is None,
         "ws_query": filters.query_string(cursor=None),
         "statuses": ("active", "waiting", "escalated", "human", "closed"),
+        "can_intervene": await _can_intervene(request),
+        "bulk_actions": BULK_ACTIONS.items(),
     }
     return render(request, "coordination/sessions.html", context)
 

@@ -262,7 +262,30 @@ def client_url(client: aioredis.Redis) -> str:
     return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
+class FailureTally:
+    """How many times this process found Redis unavailable. The dashboard adds the count to a
+    shared counter once Redis answers again (``take`` hands over what was not reported yet)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.reported = 0
+
+    def add(self) -> None:
+        self.total += 1
+
+    def take(self) -> int:
+        new, self.reported = self.total - self.reported, self.total
+        return new
+
+    def give_back(self, count: int) -> None:
+        self.reported -= count
+
+
+redis_failures = FailureTally()
+
+
 def unavailable(client: aioredis.Redis, exc: BaseException) -> RedisUnavailable:
+    redis_failures.add()
     return RedisUnavailable(client_url(client), str(exc) or type(exc).__name__)
 
 
@@ -273,6 +296,7 @@ async def check_connection(redis_url: str | None = None, timeout: float = 3.0) -
     try:
         await asyncio.wait_for(client.ping(), timeout)
     except (TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+        redis_failures.add()
         raise RedisUnavailable(redact_url(url), str(exc) or "no answer in time") from None
     finally:
         await client.aclose()

@@ -102,6 +102,10 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         raise InvalidCursor(f"cursor {cursor[:60]!r} is not one this index issued") from exc
 
 
+# How long a dashboard process's report counts after it was made (reports come every ~2 s).
+WORKER_REPORT_TTL = 15.0
+
+
 class SessionIndex(RedisBacked):
     """Read side of the core: sessions by activity, status counts, escalations, agents, feed."""
 
@@ -273,6 +277,38 @@ class SessionIndex(RedisBacked):
         )
         elapsed = (now_ms % 60000) / 60000
         return int(int(current or 0) + int(previous or 0) * (1 - elapsed))
+
+    async def counters(self) -> dict[str, int]:
+        """The monotonic counters (``events:<type>``, ``claims:won``, ...), since they began."""
+        raw = await self.call(self.redis.hgetall(self.keys.counters))
+        return {field: int(value) for field, value in raw.items()}
+
+    async def add_to_counter(self, field: str, amount: int = 1) -> None:
+        await self.call(self.redis.hincrby(self.keys.counters, field, amount))
+
+    async def report_worker(self, worker_id: str, figures: dict[str, int]) -> None:
+        """Record one dashboard process's own figures (its open websockets, say); readers
+        ignore a report older than ``WORKER_REPORT_TTL`` (the process has gone)."""
+        record = json.dumps({**figures, "ms": int(time.time() * 1000)})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self.keys.workers, worker_id, record)
+            pipe.pexpire(self.keys.workers, int(WORKER_REPORT_TTL * 1000))
+            await self.call(pipe.execute())
+
+    async def worker_reports(self) -> dict[str, dict[str, int]]:
+        """The live processes' latest reports; stale ones are deleted on the way."""
+        raw = await self.call(self.redis.hgetall(self.keys.workers))
+        cutoff = (time.time() - WORKER_REPORT_TTL) * 1000
+        live, stale = {}, []
+        for worker_id, record in raw.items():
+            figures = json.loads(record)
+            if figures.pop("ms", 0) < cutoff:
+                stale.append(worker_id)
+            else:
+                live[worker_id] = figures
+        if stale:
+            await self.call(self.redis.hdel(self.keys.workers, *stale))
+        return live
 
     async def agents(self, limit: int = 100) -> list[AgentPresence]:
         """Agents by last sign of life (AGENT_READY or heartbeat), most recent first."""

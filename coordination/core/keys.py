@@ -85,6 +85,10 @@ class Keyspace:
         self.agents_seen = f"{g}:agents-seen"
         self.status = {s: f"{g}:status:{s}" for s in STATUSES}
         self.stats = f"{g}:events-per-minute"
+        # Monotonic counters for /metrics (events per type, claims won/lost, interventions...).
+        self.counters = f"{g}:counters"
+        # Per dashboard process: its open websockets, refreshed every few seconds.
+        self.workers = f"{g}:workers"
         # Cluster mode only: the index state last applied per session (see scripts.APPLY_INDEX).
         self.applied = f"{g}:applied"
 
@@ -110,4 +114,5 @@ class Keyspace:
             self.agents_seen,
             *(self.status[s] for s in STATUSES),
             self.stats,
+            self.counters,
         ]

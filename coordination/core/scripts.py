@@ -15,14 +15,14 @@ import hashlib
 
 from redis.exceptions import NoScriptError
 
-# How a script reaches the global keys. On one server they are KEYS[6..18] and are written in the
+# How a script reaches the global keys. On one server they are KEYS[6..19] and are written in the
 # same atomic step as the session's keys.
 SINGLE_SERVER_KEYS = r"""
 local SPLIT = false
 local G = {feed=KEYS[6], activity=KEYS[7], names=KEYS[8], owners=KEYS[9], esc=KEYS[10],
   agents=KEYS[11], seen=KEYS[12], ['status:active']=KEYS[13], ['status:waiting']=KEYS[14],
   ['status:escalated']=KEYS[15], ['status:human']=KEYS[16], ['status:closed']=KEYS[17],
-  stats=KEYS[18]}
+  stats=KEYS[18], counters=KEYS[19]}
 local OPS = nil
 local function idx(cmd, name, ...) return redis.call(cmd, G[name], ...) end
 """
@@ -99,6 +99,14 @@ end
 -- Appends the event to the session stream and the global feed, and keeps the index current.
 -- ``old_status`` may be passed when the caller already read it. Expiry of the session's keys
 -- slides with activity but is refreshed at most once a minute, to keep publishing cheap.
+local function count(field)
+  if SPLIT then
+    table.insert(OPS, {'COUNT', field})
+  else
+    redis.call('HINCRBY', G.counters, field, 1)
+  end
+end
+
 local function emit(etype, data, source, new_status, old_status)
   local id
   if source ~= nil and source ~= '' then
@@ -131,6 +139,7 @@ local function emit(etype, data, source, new_status, old_status)
   idx('ZADD', 'status:' .. status, ms, SID)
   idx('ZADD', 'activity', ms, SID)
   bump_stats(math.floor(ms / 60000))
+  count('events:' .. etype)
   return id
 end
 """
@@ -157,8 +166,8 @@ APPLY_INDEX = r"""
 local G = {feed=KEYS[1], activity=KEYS[2], names=KEYS[3], owners=KEYS[4], esc=KEYS[5],
   agents=KEYS[6], seen=KEYS[7], ['status:active']=KEYS[8], ['status:waiting']=KEYS[9],
   ['status:escalated']=KEYS[10], ['status:human']=KEYS[11], ['status:closed']=KEYS[12],
-  stats=KEYS[13]}
-local APPLIED = KEYS[14]
+  stats=KEYS[13], counters=KEYS[14]}
+local APPLIED = KEYS[15]
 local STATUSES = {'active', 'waiting', 'escalated', 'human', 'closed'}
 
 local function newer(a, b)
@@ -217,6 +226,8 @@ for _, op in ipairs(cjson.decode(ARGV[1])) do
     for _, s in ipairs(STATUSES) do redis.call('ZREM', G['status:' .. s], op[2]) end
     for _, name in ipairs({'activity', 'names', 'esc'}) do redis.call('ZREM', G[name], op[2]) end
     redis.call('HDEL', APPLIED, op[2])
+  elseif cmd == 'COUNT' then
+    redis.call('HINCRBY', G.counters, op[2], 1)
   elseif cmd == 'STAT' then
     if redis.call('HINCRBY', G.stats, op[3], 1) == 1 then
       redis.call('HDEL', G.stats, op[3] - 60)
@@ -267,11 +278,15 @@ return {1, emit(etype, ARGV[6], ARGV[7], new_status, status)}
 # ARGV[5] agent, [6] ttl ms
 CLAIM = r"""
 local controller = meta('controller')
-if controller ~= '' then return {0, 'human', controller} end
 local status = meta('status')
-if status == 'closed' then return {0, 'closed', ''} end
 local holder = redis.call('HGET', K_CLAIM, 'agent')
-if holder then return {0, 'claimed', holder} end
+if controller ~= '' or status == 'closed' or holder then
+  count('claims:lost')
+  if controller ~= '' then return {0, 'human', controller} end
+  if status == 'closed' then return {0, 'closed', ''} end
+  return {0, 'claimed', holder}
+end
+count('claims:won')
 local ttl = tonumber(ARGV[6])
 local token = grant_claim(ARGV[5], ttl)
 local data = '{"agent_id":' .. jstr(ARGV[5]) .. ',"token":' .. token .. ',"ttl_ms":' .. ttl .. '}'

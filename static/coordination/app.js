@@ -52,5 +52,51 @@
     var form = e.detail.elt;
     if (e.detail.successful && form.hasAttribute && form.hasAttribute("data-reset-on-success")) form.reset();
   });
+  // Bulk selection on the sessions list. Live updates replace rows (and their checkboxes), so
+  // the ticked session ids are kept here and put back after every swap.
+  var selected = new Set();
+  function syncSelection() {
+    var boxes = document.querySelectorAll("[data-bulk-select]");
+    var shown = 0, ticked = 0;
+    boxes.forEach(function (box) {
+      box.checked = selected.has(box.value);
+      shown += 1;
+      if (box.checked) ticked += 1;
+    });
+    var all = document.querySelector("[data-bulk-all]");
+    if (all) {
+      all.checked = shown > 0 && ticked === shown;
+      all.indeterminate = ticked > 0 && ticked < shown;
+    }
+    var count = document.getElementById("bulk-count");
+    if (count) count.textContent = selected.size ? selected.size + " selected" : "None selected";
+  }
+  document.addEventListener("change", function (e) {
+    var el = e.target;
+    if (el.matches("[data-bulk-select]")) {
+      if (el.checked) selected.add(el.value); else selected.delete(el.value);
+    } else if (el.matches("[data-bulk-all]")) {
+      document.querySelectorAll("[data-bulk-select]").forEach(function (box) {
+        if (el.checked) selected.add(box.value); else selected.delete(box.value);
+      });
+    } else {
+      return;
+    }
+    syncSelection();
+  });
+  document.addEventListener("htmx:afterRequest", function (e) {
+    if (e.detail.successful && e.detail.elt.hasAttribute && e.detail.elt.hasAttribute("data-bulk-form")) {
+      selected.clear();
+      syncSelection();
+    }
+  });
+  document.addEventListener("htmx:wsAfterMessage", syncSelection);
+  document.addEventListener("htmx:afterSettle", syncSelection);
+  document.addEventListener("DOMContentLoaded", function () {
+    // a page restored from the back/forward cache may show boxes ticked
+    document.querySelectorAll("[data-bulk-select]:checked").forEach(function (box) { selected.add(box.value); });
+    syncSelection();
+  });
+
   window.coordinator = { refreshTimes: refreshTimes, setLive: setLive, lastEventId: lastEventId };
 })();

@@ -7,7 +7,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import Client
 
-from coordination import AgentCoordinator, AtomicOperations, EventType
+from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
 from coordination.models import AuditEntry
 
 pytestmark = pytest.mark.django_db
@@ -24,6 +24,10 @@ def core(redis_url, namespace):
 
         def events(self, sid):
             return async_to_sync(self.coord(sid).events)()
+
+        def owner(self, sid):
+            index = SessionIndex(redis_url, namespace=namespace)
+            return async_to_sync(index.get_session)(sid).owner
 
     return Core()
 
@@ -169,3 +173,84 @@ def test_csrf_is_enforced_on_actions(supervisor, core):
 
 def test_get_on_an_action_is_refused(sup_client):
     assert sup_client.get("/act/take-over/s-9/").status_code == 405
+
+
+def bulk(client, action, session_ids, htmx=True, **fields):
+    headers = {"HTTP_HX_REQUEST": "true"} if htmx else {}
+    data = {"action": action, "session_ids": session_ids, **fields}
+    return client.post("/act-bulk/", data, **headers)
+
+
+def test_bulk_release_gives_a_result_per_session_and_refuses_stale_rows(sup_client, core):
+    atomic = core.atomic()
+    async_to_sync(atomic.claim_handoff)("b-1", "billing")
+    async_to_sync(atomic.claim_handoff)("b-2", "sales")
+    async_to_sync(core.coord("b-3").publish)(EventType.MESSAGE, {})
+    page = sup_client.get("/sessions/").content.decode()
+    assert 'name="session_ids" value="b-1"' in page and 'name="owner:b-2" value="sales"' in page
+    # b-2's row showed "tech", but sales holds it now: the stale row is refused, not forced
+    response = bulk(
+        sup_client,
+        "release",
+        ["b-1", "b-2", "b-3"],
+        **{"owner:b-1": "billing", "owner:b-2": "tech", "owner:b-3": ""},
+    )
+    body = response.content.decode()
+    assert response.status_code == 200 and "Release claims: 1 of 3 done." in body
+    assert "Done: Released billing&#x27;s claim." in body
+    assert "Refused: The claim changed since this page was drawn: it is now held by sales." in body
+    assert "Refused: Nobody holds a claim on this session." in body
+    assert core.owner("b-1") is None
+    assert core.owner("b-2") == "sales"
+    audit = AuditEntry.objects.order_by("session_id")
+    assert [(a.session_id, a.action, a.outcome) for a in audit] == [
+        ("b-1", "release", "done"),
+        ("b-2", "release", "refused"),
+        ("b-3", "release", "refused"),
+    ]
+
+
+def test_bulk_reassign_close_and_hand_back(sup_client, core):
+    for sid in ("r-1", "r-2"):
+        async_to_sync(core.coord(sid).escalate)("help")
+    async_to_sync(core.coord("r-2").take_over)("human:sup")
+    body = bulk(sup_client, "reassign", ["r-1"], to_agent="tech").content.decode()
+    assert "Reassign to…: 1 of 1 done." in body
+    body = bulk(
+        sup_client, "hand-back", ["r-1", "r-2"], to_agent="tech", **{"controller:r-2": "human:sup"}
+    ).content.decode()
+    assert "1 of 2 done." in body and "No human controls this session any more." in body
+    assert core.owner("r-2") == "tech"
+    body = bulk(sup_client, "close", ["r-1", "r-2", "r-1"]).content.decode()
+    assert "Close: 2 of 2 done." in body  # a repeated id is acted on once
+    assert [e.type for e in core.events("r-1")][-1] is EventType.SESSION_CLOSED
+
+
+def test_bulk_without_javascript_and_bad_requests(sup_client, core):
+    async_to_sync(core.coord("n-1").publish)(EventType.MESSAGE, {})
+    page = bulk(sup_client, "close", ["n-1", "nope", "bad\nid"], htmx=False)
+    body = page.content.decode()
+    assert page.status_code == 200 and "<h1>Bulk action</h1>" in body
+    assert "Close: 1 of 3 done." in body and 'href="/sessions/n-1/"' in body
+    assert "does not exist" in body and "Bad session id" in body
+    no_ids = bulk(sup_client, "close", [], htmx=False)
+    assert no_ids.status_code == 400 and "Select at least one session." in no_ids.content.decode()
+    assert "Choose what to do" in bulk(sup_client, "explode", ["n-1"]).content.decode()
+    too_many = bulk(sup_client, "close", [f"x-{n}" for n in range(101)], htmx=False)
+    assert too_many.status_code == 400 and "at most 100 at a time" in too_many.content.decode()
+    # n-1 done, "nope" refused; a malformed id is refused before it reaches the audit log
+    assert sorted(AuditEntry.objects.values_list("session_id", "outcome")) == [
+        ("n-1", "done"),
+        ("nope", "refused"),
+    ]
+
+
+def test_bulk_needs_the_supervisor_role_and_csrf(client, viewer, supervisor, core):
+    async_to_sync(core.coord("v-1").publish)(EventType.MESSAGE, {})
+    client.force_login(viewer)
+    assert "data-bulk-select" not in client.get("/sessions/").content.decode()
+    assert bulk(client, "close", ["v-1"]).status_code == 403
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(supervisor)
+    assert strict.post("/act-bulk/", {"action": "close", "session_ids": ["v-1"]}).status_code == 403
+    assert [e.type for e in core.events("v-1")] == [EventType.MESSAGE]

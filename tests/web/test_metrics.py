@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
-from asgiref.sync import async_to_sync
+import json
+import time
 
-from coordination import AgentCoordinator, EventType
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
+from coordination.core import RedisUnavailable
+from coordination.processes import free_port
+from coordination.routing import websocket_urlpatterns
+from coordination.telemetry import report
 
 pytestmark = pytest.mark.django_db
 
@@ -40,3 +49,78 @@ def test_metrics_refuse_anonymous_and_wrong_tokens(client, settings, supervisor)
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer nope").status_code == 403
     client.force_login(supervisor)  # not staff
     assert client.get("/metrics").status_code == 403
+
+
+def scrape(client, settings) -> str:
+    settings.METRICS_TOKEN = "scrape-token-123"
+    response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-123")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_counters_of_events_claims_and_interventions(
+    client, settings, supervisor, redis_url, namespace
+):
+    atomic = AtomicOperations(redis_url, namespace=namespace)
+    coord = AgentCoordinator("c-1", redis_url, namespace=namespace)
+    async_to_sync(coord.publish)(EventType.MESSAGE, {"n": 1})
+    async_to_sync(coord.publish)(EventType.MESSAGE, {"n": 2})
+    async_to_sync(coord.publish)(EventType.HANDOFF_READY, {})
+    assert async_to_sync(atomic.claim_handoff)("c-1", "billing") is True
+    assert async_to_sync(atomic.claim_handoff)("c-1", "sales") is False
+    assert async_to_sync(atomic.claim_handoff)("c-1", "tech") is False
+    client.force_login(supervisor)
+    client.post("/act/release/c-1/", {"expected_owner": "billing"})
+    client.post("/act/release/c-1/", {"expected_owner": "billing"})  # refused: no claim now
+    body = scrape(client, settings)
+    assert value(body, 'coordinator_events_total{type="message"}') == 2
+    assert value(body, 'coordinator_events_total{type="handoff_ready"}') == 1
+    assert value(body, 'coordinator_events_total{type="handoff_claimed"}') == 1
+    assert value(body, 'coordinator_events_total{type="handoff_released"}') == 1
+    assert value(body, 'coordinator_events_total{type="escalated"}') == 0
+    assert value(body, 'coordinator_claims_total{outcome="won"}') == 1
+    assert value(body, 'coordinator_claims_total{outcome="lost"}') == 2
+    assert value(body, 'coordinator_interventions_total{action="release",outcome="done"}') == 1
+    assert value(body, 'coordinator_interventions_total{action="release",outcome="refused"}') == 1
+
+
+def test_websocket_clients_of_every_live_process(
+    client, settings, supervisor, redis_url, namespace, redis_sync
+):
+    index = SessionIndex(redis_url, namespace=namespace)
+    read = sync_to_async(lambda name: value(scrape(client, settings), name))
+
+    async def scenario():
+        communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/sessions/")
+        communicator.scope["user"] = supervisor
+        connected, _ = await communicator.connect()
+        assert connected
+        await report(index, "this-process")
+        await index.report_worker("other-process", {"websockets": 2})
+        # a process that stopped reporting a minute ago no longer counts
+        stale = {"websockets": 5, "ms": int(time.time() * 1000) - 60_000}
+        redis_sync.hset(index.keys.workers, "gone", json.dumps(stale))
+        assert await read("coordinator_websocket_clients") == 3
+        assert await read("coordinator_dashboard_processes") == 2
+        assert not redis_sync.hexists(index.keys.workers, "gone")
+        await communicator.disconnect()
+        await report(index, "this-process")
+        assert await read("coordinator_websocket_clients") == 2
+
+    async_to_sync(scenario)()
+
+
+def test_redis_errors_are_counted_and_reported_when_redis_is_back(
+    client, settings, redis_url, namespace
+):
+    index = SessionIndex(redis_url, namespace=namespace)
+    before = value(scrape(client, settings), "coordinator_redis_errors_total")
+    down = SessionIndex(f"redis://127.0.0.1:{free_port()}/0", namespace=namespace)
+    for _ in range(2):
+        with pytest.raises(RedisUnavailable):
+            async_to_sync(down.escalation_count)()
+    # counted in this process at once, then moved to the shared counter by the next report
+    assert value(scrape(client, settings), "coordinator_redis_errors_total") == before + 2
+    async_to_sync(report)(index, "this-process")
+    assert async_to_sync(index.counters)()["redis_errors"] >= 2
+    assert value(scrape(client, settings), "coordinator_redis_errors_total") == before + 2
