@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from django.conf import settings as django_settings
 from django.db import connection
 
-from coordination import AgentCoordinator, EventType
+from coordination import AgentCoordinator, AtomicOperations, EventType
 from coordination.processes import AsgiServer
 
 from ..conftest import delete_namespace
@@ -202,6 +202,14 @@ def core(redis_server_url, browser_namespace, agent_loop):
 
         def publish(self, session_id: str, etype=EventType.MESSAGE, data=None):
             return self.run(session_id, lambda c: c.publish(etype, data or {}))
+
+        def claim(self, session_id: str, agent: str) -> bool:
+            return self.run(
+                session_id,
+                lambda c: AtomicOperations(
+                    client=c.redis, namespace=browser_namespace
+                ).claim_handoff(session_id, agent),
+            )
 
     return Core()
 

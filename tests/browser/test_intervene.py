@@ -98,3 +98,33 @@ def test_admin_state_edit_shows_up_live_and_stale_edit_is_refused(
     admin.get_by_role("button", name="Save").click()
     expect(admin.locator(".errorlist")).to_contain_text("Changed by someone else")
     assert core.run(sid, lambda c: c.get_state("plan")) == "agent-wins"
+
+
+def test_bulk_release_with_ticks_kept_across_live_updates(asgi_server, page_factory, core, sid):
+    ids = [f"{sid}-{n}" for n in range(3)]
+    for session_id in ids:
+        core.publish(session_id, EventType.HANDOFF_READY)
+        assert core.claim(session_id, "billing")
+    page = page_factory(asgi_server.url)
+    page.goto(f"{asgi_server.url}/sessions/?q={sid}")
+    wait_live(page)
+    rows = page.locator("#session-rows tr")
+    expect(rows).to_have_count(3)
+    page.get_by_label(f"Select {ids[0]}").check()
+    page.get_by_label(f"Select {ids[1]}").check()
+    expect(page.locator("#bulk-count")).to_have_text("2 selected")
+    # an agent's event redraws the first row live: its tick must survive the redraw
+    core.publish(ids[0], EventType.MESSAGE, {"text": "still here"})
+    expect(page.locator(f"#session-rows tr[data-session-id='{ids[0]}']")).to_contain_text("message")
+    expect(page.get_by_label(f"Select {ids[0]}")).to_be_checked()
+    expect(page.get_by_label(f"Select {ids[2]}")).not_to_be_checked()
+
+    page.get_by_label("With the selected sessions").select_option("release")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#bulk-results")).to_contain_text("Release claims: 2 of 2 done.")
+    expect(page.locator("#bulk-results tbody tr")).to_have_count(2)
+    expect(page.locator("#bulk-count")).to_have_text("None selected")
+    for session_id in ids[:2]:
+        row = page.locator(f"#session-rows tr[data-session-id='{session_id}']")
+        expect(row).to_contain_text("nobody")  # redrawn live after the release
+    expect(page.locator(f"#session-rows tr[data-session-id='{ids[2]}']")).to_contain_text("billing")
