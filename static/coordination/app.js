@@ -40,13 +40,110 @@
     refreshTimes(document);
     setInterval(function () { refreshTimes(document); }, 1000);
   });
+  // Polling fallback. Some proxies and load balancers do not pass websockets: when none stays
+  // open for FALLBACK_MS, the page fetches itself every POLL_MS and swaps in its live regions
+  // (elements marked data-poll), while the websocket keeps retrying in the background; once a
+  // socket has stayed open for HEALTHY_MS, polling stops.
+  var FALLBACK_MS = 4000, HEALTHY_MS = 2000, POLL_MS = 5000;
+  var polling = null, fallbackTimer = null, healthyTimer = null, socketOpen = false;
+  function armFallback() {
+    if (polling || fallbackTimer) return;
+    fallbackTimer = setTimeout(function () {
+      fallbackTimer = null;
+      if (!socketOpen) startPolling();
+    }, FALLBACK_MS);
+  }
+  function startPolling() {
+    if (polling) return;
+    setLive("polling", "Live updates unavailable: refreshing every " + POLL_MS / 1000 + " s");
+    polling = setInterval(pollOnce, POLL_MS);
+    pollOnce();
+  }
+  function stopPolling() {
+    clearTimeout(fallbackTimer);
+    fallbackTimer = null;
+    if (polling) clearInterval(polling);
+    polling = null;
+  }
+  function pollOnce() {
+    fetch(location.href, { credentials: "same-origin", cache: "no-store" })
+      .then(function (response) {
+        if (response.redirected && response.url.indexOf("/login/") !== -1) {
+          location.reload(); // the login expired: the login page says so
+          return null;
+        }
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.text();
+      })
+      .then(function (html) {
+        if (html === null || !polling) return;
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        document.querySelectorAll("[data-poll][id]").forEach(function (region) {
+          var update = fresh.getElementById(region.id);
+          if (!update) return;
+          if (region.getAttribute("data-poll") === "merge") {
+            mergeNewest(region, update);
+          } else if (!region.contains(document.activeElement)) {
+            // a region the supervisor is typing in is left alone until the next poll
+            region.innerHTML = update.innerHTML;
+          }
+          if (window.htmx) htmx.process(region);
+        });
+        refreshTimes(document);
+        syncSelection();
+        setLive("polling", "Live updates unavailable: refreshing every " + POLL_MS / 1000 + " s");
+      })
+      .catch(function () { setLive("disconnected", "Server unreachable, retrying…"); });
+  }
+  function mergeNewest(list, update) {
+    // the timeline keeps the older pages it loaded: only events it lacks are added on top
+    var first = list.querySelector("[data-event-id]");
+    var added = [];
+    update.querySelectorAll("[data-event-id]").forEach(function (item) {
+      if (!document.getElementById(item.id)) added.push(document.importNode(item, true));
+    });
+    added.reverse().forEach(function (item) {
+      list.insertBefore(item, list.firstChild);
+    });
+    if (added.length || first) {
+      var empty = document.getElementById("timeline-empty");
+      if (empty) empty.remove();
+    }
+  }
   document.addEventListener("htmx:wsOpen", function (e) {
-    setLive("connected", "Live");
+    socketOpen = true;
+    if (!polling) setLive("connected", "Live");
     e.detail.socketWrapper.send(JSON.stringify({ resume: lastEventId() }), e.target);
+    clearTimeout(healthyTimer);
+    healthyTimer = setTimeout(function () {
+      stopPolling();
+      setLive("connected", "Live");
+    }, HEALTHY_MS);
   });
-  document.addEventListener("htmx:wsClose", function () { setLive("disconnected", "Disconnected, reconnecting…"); });
-  document.addEventListener("htmx:wsError", function () { setLive("disconnected", "Disconnected, reconnecting…"); });
-  document.addEventListener("htmx:wsAfterMessage", function () { refreshTimes(document); });
+  function socketDown() {
+    socketOpen = false;
+    clearTimeout(healthyTimer);
+    if (!polling) setLive("disconnected", "Disconnected, reconnecting…");
+    armFallback();
+  }
+  document.addEventListener("htmx:wsClose", socketDown);
+  document.addEventListener("htmx:wsError", socketDown);
+  document.addEventListener("DOMContentLoaded", function () {
+    if (document.querySelector("[data-live-root][ws-connect]")) armFallback();
+  });
+  // A poll answer and the websocket's replay may both bring an event (around a reconnect):
+  // the timeline keeps the first copy of each.
+  function dropDuplicateEvents() {
+    var seen = new Set();
+    document.querySelectorAll("#timeline [data-event-id]").forEach(function (item) {
+      var id = item.getAttribute("data-event-id");
+      if (seen.has(id)) item.remove(); else seen.add(id);
+    });
+  }
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    dropDuplicateEvents();
+    refreshTimes(document);
+  });
   document.addEventListener("htmx:afterSwap", function (e) { refreshTimes(e.target); });
   document.addEventListener("htmx:afterRequest", function (e) {
     var form = e.detail.elt;
@@ -98,5 +195,8 @@
     syncSelection();
   });
 
-  window.coordinator = { refreshTimes: refreshTimes, setLive: setLive, lastEventId: lastEventId };
+  window.coordinator = {
+    refreshTimes: refreshTimes, setLive: setLive, lastEventId: lastEventId,
+    isPolling: function () { return polling !== null; }
+  };
 })();

@@ -138,6 +138,16 @@ def chromium():
         browser.close()
 
 
+def wait_live(page) -> None:
+    # after a reconnect, a page that fell back to polling says "connected" once the socket
+    # has stayed open for 2 s
+    from playwright.sync_api import expect
+
+    expect(page.locator("[data-live-indicator]")).to_have_attribute(
+        "data-state", "connected", timeout=15_000
+    )
+
+
 def login(page, base_url: str, username: str) -> None:
     page.goto(f"{base_url}/login/")
     page.fill("#id_username", username)

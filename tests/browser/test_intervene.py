@@ -9,11 +9,9 @@ from playwright.sync_api import expect
 
 from coordination import EventType
 
+from .conftest import wait_live
+
 pytestmark = pytest.mark.browser
-
-
-def wait_live(page):
-    expect(page.locator("[data-live-indicator]")).to_have_attribute("data-state", "connected")
 
 
 def test_take_over_reply_and_hand_back(asgi_server, page_factory, core, sid):

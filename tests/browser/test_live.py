@@ -4,6 +4,7 @@ agent data stays inert, anonymous and foreign-origin access is refused, pages ar
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 import websockets
@@ -11,13 +12,9 @@ from playwright.sync_api import expect
 
 from coordination import EventType
 
-from .conftest import LiveServer
+from .conftest import LiveServer, wait_live
 
 pytestmark = pytest.mark.browser
-
-
-def wait_live(page):
-    expect(page.locator("[data-live-indicator]")).to_have_attribute("data-state", "connected")
 
 
 def test_published_event_appears_live_and_row_moves(asgi_server, page_factory, core, sid):
@@ -160,3 +157,34 @@ def test_javascript_urls_in_agent_data_stay_inert(asgi_server, page_factory, cor
     )
     assert page.locator("#timeline a[href^='javascript']").count() == 0
     assert page.dialogs == []
+
+
+def test_pages_fall_back_to_polling_when_websockets_cannot_pass(
+    asgi_server, page_factory, core, sid
+):
+    core.publish(sid, EventType.MESSAGE, {"text": "before"})
+    page = page_factory(asgi_server.url)
+    refused = []
+
+    def refuse(ws):  # as a proxy that does not pass websockets: every attempt is closed
+        refused.append(ws.url)
+        ws.close(code=1013)
+
+    page.route_web_socket(re.compile(r"/ws/"), refuse)
+    indicator = page.locator("[data-live-indicator]")
+    page.goto(f"{asgi_server.url}/sessions/{sid}/")
+    expect(indicator).to_have_attribute("data-state", "polling", timeout=15_000)
+    expect(indicator).to_contain_text("Live updates unavailable: refreshing every 5 s")
+    core.publish(sid, EventType.MESSAGE, {"text": "while polling"})
+    expect(page.locator("#timeline .event").first).to_contain_text("while polling", timeout=15_000)
+    expect(page.locator("#timeline .event")).to_have_count(2)
+    core.run(sid, lambda c: c.escalate("polled escalation"))
+    expect(page.locator("#session-summary")).to_contain_text("escalated", timeout=15_000)
+
+    page.goto(f"{asgi_server.url}/sessions/?q={sid}")
+    expect(indicator).to_have_attribute("data-state", "polling", timeout=15_000)
+    core.publish(f"{sid}-new", EventType.MESSAGE, {})
+    expect(page.locator(f"#session-rows tr[data-session-id='{sid}-new']")).to_be_visible(
+        timeout=15_000
+    )
+    assert refused and all("/ws/" in url for url in refused)
