@@ -101,6 +101,9 @@ class SessionOut(Schema):
     created: float | None
     taken_at: float | None
     escalated_at: float | None
+    escalation_queue: str | None = Field(
+        description='The queue the escalation named in data["queue"]; null is the default queue'
+    )
     claim_agent: str | None
     claim_token: int | None
     claim_expires_at: float | None

@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.template.loader import render_to_string
 
 from .core import STATUSES, Event, EventType, SessionIndex, SessionSummary
@@ -191,5 +190,4 @@ async def session_detail_context(session_id: str, summary: SessionSummary) -> di
         **header,
         "events": [event_context(e) for e in events],
         "older_cursor": events[-1].id if len(events) == TIMELINE_PAGE else None,
-        "sla": settings.COORDINATION_ESCALATION_SLA,
     }

@@ -33,6 +33,23 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def env_slas(name: str) -> dict[str, float]:
+    """``queue=seconds`` pairs, comma-separated: ``billing=120,vip=60``."""
+    slas = {}
+    for item in env_list(name, ""):
+        queue, sep, seconds = (part.strip() for part in item.partition("="))
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = 0.0
+        if not (sep and queue and value > 0):
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not queue=seconds (for example billing=120,vip=60)"
+            )
+        slas[queue] = value
+    return slas
+
+
 def env_number(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if not raw:
@@ -76,6 +93,8 @@ COORDINATION_RELAY = env_bool("COORDINATION_RELAY", True)
 COORDINATION_AGENT_STALE_AFTER = env_number("COORDINATION_AGENT_STALE_AFTER", 60)
 # Seconds an escalated session may wait before it is highlighted as over its SLA.
 COORDINATION_ESCALATION_SLA = env_number("COORDINATION_ESCALATION_SLA", 300)
+# The same per escalation queue (an escalation names its queue in data["queue"]).
+COORDINATION_ESCALATION_SLAS = env_slas("COORDINATION_ESCALATION_SLAS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -20,7 +20,7 @@ from .errors import (
     VersionConflict,
 )
 from .events import RESERVED_TYPES, Event, EventType, encode_json, encode_payload, event_from_fields
-from .keys import validate_agent_id, validate_session_id
+from .keys import validate_agent_id, validate_queue, validate_session_id
 from .scripts import (
     clear_session_script,
     handback_script,
@@ -110,6 +110,7 @@ class AgentCoordinator(RedisBacked):
         presence_id, presence = "", ""
         if etype is EventType.AGENT_READY:
             presence_id, presence = self._presence(payload, src)
+        queue = validate_queue(payload.get("queue")) if etype is EventType.ESCALATED else ""
         result = await self._run(
             publish_script,
             self.session_id,
@@ -120,6 +121,7 @@ class AgentCoordinator(RedisBacked):
             presence,
             "1" if strict_close else "0",
             "1" if guard else "0",
+            queue,
         )
         if result[0] == 0:
             if result[1] == "human":

@@ -96,6 +96,10 @@ class NotHumanControlled(CoordinationError):
         super().__init__(f"session {session_id!r} is not under human control")
 
 
+class InvalidEscalationQueue(CoordinationError, ValueError):
+    """An escalation's ``queue`` is not a short name."""
+
+
 class InvalidCursor(CoordinationError, ValueError):
     """A pagination cursor or event id is malformed."""
 

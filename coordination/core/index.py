@@ -32,6 +32,8 @@ class SessionSummary:
     created: float | None
     taken_at: float | None = None
     escalated_at: float | None = None
+    # the queue an escalation asked for (``data["queue"]``); None is the default queue
+    escalation_queue: str | None = None
     claim_agent: str | None = None
     claim_token: int | None = None
     claim_expires_at: float | None = None
@@ -83,6 +85,7 @@ def _summary(session_id: str, meta: dict[str, str], claim: dict[str, str]) -> Se
         created=_ms(meta.get("created")),
         taken_at=_ms(meta.get("taken_ms")),
         escalated_at=_ms(meta.get("escalated_ms")),
+        escalation_queue=meta.get("esc_queue") or None,
         claim_agent=claim.get("agent"),
         claim_token=int(claim["token"]) if claim.get("token") else None,
         claim_expires_at=_ms(claim.get("expires")),

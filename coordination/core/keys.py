@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from .errors import InvalidAgentId, InvalidSessionId
+from .errors import InvalidAgentId, InvalidEscalationQueue, InvalidSessionId
 
 MAX_ID_LENGTH = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -41,6 +41,21 @@ def validate_session_id(session_id: object) -> str:
 
 def validate_agent_id(agent_id: object, what: str = "agent id") -> str:
     return _check_id(agent_id, what, InvalidAgentId)
+
+
+_QUEUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def validate_queue(queue: object) -> str:
+    """An escalation's ``queue`` (``data["queue"]``): absent means the default queue."""
+    if queue is None:
+        return ""
+    if not isinstance(queue, str) or not _QUEUE.match(queue):
+        raise InvalidEscalationQueue(
+            f"escalation queue {str(queue)[:40]!r} must be 1-64 characters of letters, digits, "
+            "'_', '.', ':', '-'"
+        )
+    return queue
 
 
 def encode_id(value: str) -> str:

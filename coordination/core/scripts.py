@@ -241,7 +241,8 @@ return 1
 """
 
 # ARGV[5] type, [6] data JSON, [7] source, [8] presence agent id, [9] presence JSON,
-# [10] strict close, [11] agent guard (refuse while a human controls the session)
+# [10] strict close, [11] agent guard (refuse while a human controls the session),
+# [12] escalation queue ('' = the default queue)
 PUBLISH = r"""
 local etype = ARGV[5]
 local m = redis.call('HMGET', K_META, 'status', 'controller')
@@ -254,7 +255,7 @@ if etype == 'session_closed' then
   if ARGV[10] == '1' and status == 'closed' then return {0, 'closed'} end
   new_status = 'closed'
   redis.call('DEL', K_CLAIM)
-  redis.call('HDEL', K_META, 'controller', 'taken_ms', 'escalated_ms')
+  redis.call('HDEL', K_META, 'controller', 'taken_ms', 'escalated_ms', 'esc_queue')
   set_owner('')
   idx('ZREM', 'esc', SID)
 elseif etype == 'escalated' then
@@ -263,6 +264,7 @@ elseif etype == 'escalated' then
     -- the queue keeps the time of the first escalation
     if redis.call('HSETNX', K_META, 'escalated_ms', NOW) == 1 then
       idx('ZADD', 'esc', 'NX', NOW, SID)
+      if ARGV[12] ~= '' then redis.call('HSET', K_META, 'esc_queue', ARGV[12]) end
     end
   end
 elseif etype == 'handoff_ready' then
@@ -332,7 +334,7 @@ end
 local ttl = tonumber(ARGV[6])
 local token = grant_claim(ARGV[5], ttl)
 idx('ZREM', 'esc', SID)
-redis.call('HDEL', K_META, 'escalated_ms')
+redis.call('HDEL', K_META, 'escalated_ms', 'esc_queue')
 local data = '{"from_agent":' .. jstr(holder) .. ',"to_agent":' .. jstr(ARGV[5]) .. ',"token":' .. token .. ',"ttl_ms":' .. ttl .. ',"by":' .. jstr(ARGV[7]) .. '}'
 local source = ARGV[7]
 if source == '' then source = ARGV[5] end
@@ -350,7 +352,7 @@ if meta('status') == 'closed' then return {-1, '', ''} end
 local holder = redis.call('HGET', K_CLAIM, 'agent') or ''
 redis.call('DEL', K_CLAIM)
 redis.call('HSET', K_META, 'controller', ARGV[5], 'taken_ms', NOW)
-redis.call('HDEL', K_META, 'escalated_ms')
+redis.call('HDEL', K_META, 'escalated_ms', 'esc_queue')
 set_owner(ARGV[5])
 idx('ZREM', 'esc', SID)
 local data = '{"supervisor":' .. jstr(ARGV[5]) .. ',"previous_owner":' .. jstr(holder) .. ',"reason":' .. ARGV[6] .. ',"by":' .. jstr(ARGV[5]) .. '}'

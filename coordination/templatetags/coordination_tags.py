@@ -7,10 +7,25 @@ import time
 from datetime import UTC, datetime
 
 from django import template
-from django.conf import settings
 from django.utils.html import format_html
 
+from ..core import SessionSummary
+from ..sla import is_over_sla, sla_deadline, sla_seconds
+
 register = template.Library()
+
+
+def duration(seconds: float) -> str:
+    """A length of time: "45s", "5m", "2h", "1h 30m"."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
+    return " ".join(p for p in parts if p) or "0s"
 
 
 def humanize_age(seconds: float) -> str:
@@ -39,8 +54,25 @@ def reltime(timestamp: float | None) -> str:
 
 
 @register.filter
-def over_sla(timestamp: float | None) -> bool:
-    return bool(timestamp) and time.time() - timestamp > settings.COORDINATION_ESCALATION_SLA
+def over_sla(summary: SessionSummary) -> bool:
+    return is_over_sla(summary)
+
+
+@register.simple_tag
+def sla_badge(summary: SessionSummary) -> str:
+    """The escalation's queue and SLA, and an "over SLA" tag that the page's script shows
+    once the deadline passes (so it appears without a redraw)."""
+    deadline = sla_deadline(summary)
+    if deadline is None:
+        return ""
+    return format_html(
+        '<span class="muted small">{} · SLA {}</span> '
+        '<span class="tag tag-warn" data-sla-deadline="{}"{}>over SLA</span>',
+        summary.escalation_queue or "default queue",
+        duration(sla_seconds(summary.escalation_queue)),
+        int(deadline * 1000),
+        "" if is_over_sla(summary) else " hidden",
+    )
 
 
 @register.filter

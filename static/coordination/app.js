@@ -24,6 +24,12 @@
       var left = Math.round((parseInt(el.getAttribute("data-expires"), 10) - Date.now()) / 1000);
       el.textContent = left > 0 ? "lease ends in " + left + "s" : "lease expired";
     });
+    root.querySelectorAll("[data-sla-deadline]").forEach(function (el) {
+      var over = Date.now() > parseInt(el.getAttribute("data-sla-deadline"), 10);
+      el.hidden = !over;
+      var row = el.closest("tr");
+      if (row) row.classList.toggle("over-sla", over);
+    });
   }
   function setLive(state, label) {
     document.querySelectorAll("[data-live-indicator]").forEach(function (el) {
@@ -91,6 +97,7 @@
         });
         refreshTimes(document);
         syncSelection();
+        document.dispatchEvent(new CustomEvent("coordinator:polled"));
         setLive("polling", "Live updates unavailable: refreshing every " + POLL_MS / 1000 + " s");
       })
       .catch(function () { setLive("disconnected", "Server unreachable, retrying…"); });
@@ -195,8 +202,73 @@
     syncSelection();
   });
 
+  // Escalation alerts (opt-in, remembered per browser): a notification and a short tone when a
+  // session is escalated. Elements marked data-escalation="<session> <when>" are escalations;
+  // those on the page when it loads are known, any new one after a live update or poll alerts.
+  var ALERTS_KEY = "coordinator.escalationAlerts";
+  var knownEscalations = new Set(), alertLog = [], audio = null;
+  function alertsOn() {
+    try { return localStorage.getItem(ALERTS_KEY) === "on"; } catch (e) { return false; }
+  }
+  function showAlertsState() {
+    document.querySelectorAll("[data-alerts-toggle]").forEach(function (button) {
+      var on = alertsOn();
+      button.hidden = false;
+      button.setAttribute("aria-pressed", on ? "true" : "false");
+      var blocked = on && window.Notification && Notification.permission === "denied";
+      button.textContent = "Escalation alerts: " + (on ? (blocked ? "sound only (notifications blocked)" : "on") : "off");
+    });
+  }
+  function beep() {
+    if (!audio) return;
+    var osc = audio.createOscillator(), gain = audio.createGain();
+    osc.frequency.value = 880;
+    gain.gain.setValueAtTime(0.15, audio.currentTime);
+    gain.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.4);
+    osc.connect(gain).connect(audio.destination);
+    osc.start();
+    osc.stop(audio.currentTime + 0.4);
+  }
+  function scanEscalations(alert) {
+    document.querySelectorAll("[data-escalation]").forEach(function (el) {
+      var key = el.getAttribute("data-escalation");
+      if (knownEscalations.has(key)) return;
+      knownEscalations.add(key);
+      if (!alert || !alertsOn()) return;
+      var session = key.slice(0, key.lastIndexOf(" "));
+      alertLog.push(session);
+      beep();
+      if (window.Notification && Notification.permission === "granted") {
+        // the session id is agent data: a notification shows it as plain text
+        new Notification("Session escalated", { body: session, tag: key });
+      }
+    });
+  }
+  document.addEventListener("click", function (e) {
+    var button = e.target.closest && e.target.closest("[data-alerts-toggle]");
+    if (!button) return;
+    var on = !alertsOn();
+    try { localStorage.setItem(ALERTS_KEY, on ? "on" : "off"); } catch (err) { /* private mode */ }
+    if (on) {
+      // a click is the user gesture browsers need to allow sound and to ask for permission
+      var Context = window.AudioContext || window.webkitAudioContext;
+      if (Context && !audio) audio = new Context();
+      if (window.Notification && Notification.permission === "default") {
+        Notification.requestPermission().then(showAlertsState);
+      }
+    }
+    showAlertsState();
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    scanEscalations(false);
+    showAlertsState();
+  });
+  document.addEventListener("htmx:wsAfterMessage", function () { scanEscalations(true); });
+  document.addEventListener("coordinator:polled", function () { scanEscalations(true); });
+
   window.coordinator = {
     refreshTimes: refreshTimes, setLive: setLive, lastEventId: lastEventId,
-    isPolling: function () { return polling !== null; }
+    isPolling: function () { return polling !== null; },
+    alertLog: alertLog
   };
 })();

@@ -12,6 +12,7 @@ from coordination import (
     AgentCoordinator,
     EventType,
     InvalidCursor,
+    InvalidEscalationQueue,
     InvalidSessionId,
     NotHumanControlled,
     RedisUnavailable,
@@ -46,6 +47,23 @@ async def test_escalation_queue_is_oldest_first_and_takeover_removes(make):
     assert queue[0].status == "escalated" and queue[0].escalated_at
     counts = await index.counts_by_status()
     assert counts["escalated"] == 2 and counts["human"] == 1
+
+
+async def test_an_escalation_names_its_queue_until_a_human_picks_it_up(make):
+    index = make.index()
+    vip = make.coordinator("s-vip")
+    await vip.escalate("refund", {"queue": "vip"})
+    await vip.escalate("still waiting", {"queue": "billing"})  # the first escalation's queue stays
+    await make.coordinator("s-plain").escalate("help")
+    queue = {s.session_id: s for s in await index.escalation_queue()}
+    assert queue["s-vip"].escalation_queue == "vip"
+    assert queue["s-plain"].escalation_queue is None
+    await vip.take_over("human:ann")
+    assert (await index.get_session("s-vip")).escalation_queue is None
+    for bad in ("", "has space", "x" * 65, 7):
+        with pytest.raises(InvalidEscalationQueue, match="escalation queue"):
+            await make.coordinator("s-bad").escalate("help", {"queue": bad})
+    assert await index.get_session("s-bad") is None  # refused before anything was written
 
 
 async def test_hand_back_to_queue_and_errors(make):

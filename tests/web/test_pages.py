@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from asgiref.sync import async_to_sync
 
@@ -33,6 +35,35 @@ def test_overview_counts_and_queue(logged_in, publish, redis_url, namespace):
     assert "No sessions yet" not in body
     assert 'href="/sessions/s-esc/"' in body
     assert "Escalation queue" in body
+
+
+def test_escalations_are_highlighted_against_their_queues_sla(
+    logged_in, redis_url, namespace, settings
+):
+    settings.COORDINATION_ESCALATION_SLA = 3600
+    settings.COORDINATION_ESCALATION_SLAS = {"vip": 0.001}
+    for sid, data in (("e-vip", {"queue": "vip"}), ("e-plain", None)):
+        async_to_sync(AgentCoordinator(sid, redis_url, namespace=namespace).escalate)("help", data)
+    body = logged_in.get("/").content.decode()
+
+    def row(sid):
+        match = re.search(rf'<tr class="([^"]*)" data-session-id="{sid}">(.*?)</tr>', body, re.S)
+        return match.group(1), match.group(2)
+
+    vip_class, vip = row("e-vip")
+    plain_class, plain = row("e-plain")
+    assert vip_class == "over-sla" and "vip · SLA 0s" in vip
+    assert re.search(r'data-sla-deadline="\d+">over SLA', vip)  # shown
+    assert plain_class == "" and "default queue · SLA 1h" in plain
+    # hidden until the deadline passes; the page's script then shows it without a redraw
+    assert re.search(r'data-sla-deadline="\d+" hidden>over SLA', plain)
+    page = logged_in.get("/sessions/e-vip/").content.decode()
+    summary = page[
+        page.index('id="session-summary"') : page.index(
+            "</section>", page.index('id="session-summary"')
+        )
+    ]
+    assert "vip · SLA 0s" in summary and re.search(r'data-sla-deadline="\d+">over SLA', summary)
 
 
 def test_sessions_list_filters_and_cursor_pages(logged_in, publish, redis_url, namespace, settings):
