@@ -74,3 +74,25 @@ class ApiToken(models.Model):
         token = "coord_" + secrets.token_urlsafe(32)
         row = cls.objects.create(user=user, name=name, prefix=token[:12], digest=cls.hash(token))
         return row, token
+
+
+class SavedFilter(models.Model):
+    """A named sessions-list filter, one user's own (``query`` is the list's query string)."""
+
+    MAX_PER_USER = 50
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="saved_filters"
+    )
+    name = models.CharField(max_length=60)
+    query = models.CharField(max_length=600, help_text="status, agent and q, URL-encoded.")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "name"], name="saved_filter_name_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.user})"

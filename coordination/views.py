@@ -6,13 +6,16 @@ import asyncio
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
+from . import saved_filters
 from .actions import BULK_ACTIONS
 from .core import InvalidCursor, InvalidSessionId, RedisUnavailable, redact_url
 from .core.connection import UNAVAILABLE_ERRORS
@@ -73,8 +76,31 @@ async def sessions(request: HttpRequest) -> HttpResponse:
         "statuses": ("active", "waiting", "escalated", "human", "closed"),
         "can_intervene": await _can_intervene(request),
         "bulk_actions": BULK_ACTIONS.items(),
+        "saved_filters": await saved_filters.user_filters(await request.auser()),
     }
     return render(request, "coordination/sessions.html", context)
+
+
+@require_POST
+async def save_filter(request: HttpRequest) -> HttpResponse:
+    query = SessionFilters.from_query(request.POST).query_string(cursor=None)
+    try:
+        saved = await saved_filters.save_filter(
+            await request.auser(), request.POST.get("name", ""), request.POST
+        )
+    except saved_filters.FilterNotSaved as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Saved the filter {saved.name!r}.")
+    return redirect(reverse("coordination:sessions") + (f"?{query}" if query else ""))
+
+
+@require_POST
+async def delete_filter(request: HttpRequest, pk: int) -> HttpResponse:
+    if not await saved_filters.delete_filter(await request.auser(), pk):
+        raise Http404("No such saved filter of yours.")
+    messages.success(request, "Deleted the saved filter.")
+    return redirect(reverse("coordination:sessions"))
 
 
 async def _summary_or_404(session_id: str):

@@ -6,8 +6,10 @@ import re
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.test import Client
 
 from coordination import AgentCoordinator, AtomicOperations, EventType
+from coordination.models import SavedFilter
 
 pytestmark = pytest.mark.django_db
 
@@ -47,7 +49,7 @@ def test_escalations_are_highlighted_against_their_queues_sla(
     body = logged_in.get("/").content.decode()
 
     def row(sid):
-        match = re.search(rf'<tr class="([^"]*)" data-session-id="{sid}">(.*?)</tr>', body, re.S)
+        match = re.search(rf'<tr class="([^"]*)" data-session-id="{sid}"[^>]*>(.*?)</tr>', body, re.S)
         return match.group(1), match.group(2)
 
     vip_class, vip = row("e-vip")
@@ -158,3 +160,50 @@ def test_redis_down_gives_a_503_page_not_a_traceback(logged_in, settings):
     assert response.status_code == 503
     body = response.content.decode()
     assert "Redis unavailable" in body and "pw-secret" not in body and "127.0.0.1:1" in body
+
+
+def test_saved_filters_are_per_user(logged_in, viewer, publish):
+    publish("sf-1")
+    response = logged_in.post(
+        "/saved-filters/",
+        {"name": "  My escalations ", "status": "escalated", "q": "sf-", "agent": ""},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/sessions/?status=escalated&q=sf-"
+    page = logged_in.get(response["Location"]).content.decode()
+    assert "Saved the filter &#x27;My escalations&#x27;." in page
+    assert (
+        '<a href="/sessions/?status=escalated&amp;q=sf-" aria-current="true">My escalations</a>'
+        in page
+    )
+    # the same name again replaces it; bad input is refused with a message
+    logged_in.post("/saved-filters/", {"name": "My escalations", "status": "human"})
+    assert (
+        '<a href="/sessions/?status=human">My escalations</a>'
+        in logged_in.get("/sessions/").content.decode()
+    )
+    for data, message in (
+        ({"name": "", "status": "human"}, "Give the filter a name."),
+        ({"name": "x" * 61, "status": "human"}, "the limit is 60"),
+        ({"name": "nothing", "status": "bogus"}, "Set a status, an owner or an id prefix"),
+    ):
+        follow = logged_in.post("/saved-filters/", data, follow=True).content.decode()
+        assert message in follow, message
+    # another user sees none of them and cannot delete them
+    saved = SavedFilter.objects.get()
+    other = Client()
+    other.force_login(viewer)
+    assert "My escalations" not in other.get("/sessions/").content.decode()
+    assert other.post(f"/saved-filters/{saved.pk}/delete/").status_code == 404
+    assert logged_in.post(f"/saved-filters/{saved.pk}/delete/").status_code == 302
+    assert not SavedFilter.objects.exists()
+
+
+def test_saved_filters_are_capped_per_user(logged_in, supervisor):
+    SavedFilter.objects.bulk_create(
+        SavedFilter(user=supervisor, name=f"f{n}", query=f"q=f{n}") for n in range(50)
+    )
+    page = logged_in.post("/saved-filters/", {"name": "one more", "q": "x"}, follow=True)
+    assert "You have 50 saved filters; delete one to save another." in page.content.decode()
+    logged_in.post("/saved-filters/", {"name": "f3", "q": "replaced"})  # replacing is allowed
+    assert SavedFilter.objects.get(name="f3").query == "q=replaced"
