@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from coordination import EventType
 
-from .conftest import wait_live
+from .conftest import LiveServer, wait_live
 
 pytestmark = pytest.mark.browser
 
@@ -126,3 +126,29 @@ def test_bulk_release_with_ticks_kept_across_live_updates(asgi_server, page_fact
         row = page.locator(f"#session-rows tr[data-session-id='{session_id}']")
         expect(row).to_contain_text("nobody")  # redrawn live after the release
     expect(page.locator(f"#session-rows tr[data-session-id='{ids[2]}']")).to_contain_text("billing")
+
+
+def test_intervention_on_one_server_is_seen_live_on_another(
+    asgi_server, server_env, page_factory, core, sid
+):
+    core.run(sid, lambda c: c.escalate("needs a human"))
+    other = LiveServer(server_env).start()  # a second ASGI process on the same Redis and DB
+    try:
+        watcher = page_factory(asgi_server.url, "alice")
+        watcher.goto(f"{asgi_server.url}/sessions/{sid}/")
+        wait_live(watcher)
+        listing = page_factory(asgi_server.url, "alice")
+        listing.goto(f"{asgi_server.url}/sessions/?q={sid}")
+        wait_live(listing)
+
+        actor = page_factory(other.url, "bob")
+        actor.goto(f"{other.url}/sessions/{sid}/")
+        actor.get_by_role("button", name="Take over").click()
+        expect(actor.locator("#action-result")).to_have_text("You now control this session.")
+
+        expect(watcher.locator("#session-summary")).to_contain_text("human:bob")
+        expect(watcher.locator("#timeline .event").first).to_contain_text("human_takeover")
+        row = listing.locator(f'#session-rows tr[data-session-id="{sid}"]')
+        expect(row).to_contain_text("human:bob")
+    finally:
+        other.stop()

@@ -49,7 +49,9 @@ def test_escalations_are_highlighted_against_their_queues_sla(
     body = logged_in.get("/").content.decode()
 
     def row(sid):
-        match = re.search(rf'<tr class="([^"]*)" data-session-id="{sid}"[^>]*>(.*?)</tr>', body, re.S)
+        match = re.search(
+            rf'<tr class="([^"]*)" data-session-id="{sid}"[^>]*>(.*?)</tr>', body, re.S
+        )
         return match.group(1), match.group(2)
 
     vip_class, vip = row("e-vip")
