@@ -66,6 +66,13 @@ def redis_url(redis_server_url):
     return redis_server_url
 
 
+def redis_url_of_kind(request) -> str:
+    """For a ``redis_url`` fixture parametrized with "single" and "cluster"."""
+    if request.param == "cluster":
+        return request.getfixturevalue("redis_cluster_url")
+    return request.getfixturevalue("redis_server_url")
+
+
 @pytest.fixture(scope="session")
 def _sync_clients():
     clients: dict[str, redis.Redis] = {}

@@ -4,6 +4,8 @@ import pytest
 
 from coordination import AgentCoordinator, AtomicOperations, SessionIndex
 
+from ..conftest import redis_url_of_kind
+
 
 @pytest.fixture
 def make(redis_url, namespace):
@@ -22,9 +24,5 @@ def make(redis_url, namespace):
     return Factory()
 
 
-@pytest.fixture(params=["single", "cluster"])
-def redis_url(request):
-    """Every core test runs on one Redis server and on a Redis Cluster."""
-    if request.param == "cluster":
-        return request.getfixturevalue("redis_cluster_url")
-    return request.getfixturevalue("redis_server_url")
+# Every core test runs on one Redis server and on a Redis Cluster.
+redis_url = pytest.fixture(params=["single", "cluster"])(redis_url_of_kind)

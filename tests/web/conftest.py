@@ -7,6 +7,8 @@ from django.contrib.auth.models import Group, Permission, User
 
 from coordinator_site.settings import redis_services
 
+from ..conftest import redis_url_of_kind
+
 
 @pytest.fixture(autouse=True)
 def coordination_settings(settings, redis_url, namespace):
@@ -34,9 +36,5 @@ def viewer(db):
     return user
 
 
-@pytest.fixture(params=["single", "cluster"])
-def redis_url(request):
-    """Every dashboard test runs on one Redis server and on a Redis Cluster."""
-    if request.param == "cluster":
-        return request.getfixturevalue("redis_cluster_url")
-    return request.getfixturevalue("redis_server_url")
+# Every dashboard test runs on one Redis server and on a Redis Cluster.
+redis_url = pytest.fixture(params=["single", "cluster"])(redis_url_of_kind)
