@@ -4,13 +4,14 @@ supervisor's takeover stops the fleet in that session."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 import uuid
 
 import pytest
 from playwright.sync_api import expect
 
-from coordination import EventType
+from coordination import AgentCoordinator, EventType, SessionIndex
 from coordination.demo import Fleet, FleetSettings
 
 pytestmark = pytest.mark.browser
@@ -31,6 +32,26 @@ def fleet(redis_url, browser_namespace, agent_loop):
     task = asyncio.run_coroutine_threadsafe(fleet.run(), agent_loop)
     yield fleet
     task.cancel()
+    concurrent.futures.wait([task], timeout=15)
+    # The browser tests share one namespace: the fleet's sessions (escalations among them)
+    # must not crowd the other tests' sessions out of the overview's queue.
+    cleared = asyncio.run_coroutine_threadsafe(
+        clear_sessions(redis_url, browser_namespace, settings.prefix), agent_loop
+    ).result(timeout=60)
+    assert cleared > 0
+
+
+async def clear_sessions(redis_url: str, namespace: str, prefix: str) -> int:
+    index = SessionIndex(redis_url, namespace=namespace)
+    cleared, cursor = 0, None
+    while True:
+        page = await index.list_sessions(prefix=prefix, cursor=cursor, limit=200)
+        for summary in page.sessions:
+            await AgentCoordinator(summary.session_id, redis_url, namespace=namespace).clear()
+            cleared += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            return cleared
 
 
 def wait_for(condition, timeout=30.0):
@@ -54,10 +75,13 @@ def test_overview_is_live_and_takeover_stops_the_fleet(asgi_server, page_factory
     # Now sessions an agent is working on right now: take one over from its page. An agent
     # may finish (escalate) between our pick and the click; then pick another one.
     outcomes = []
-    for _ in range(5):
+    for _ in range(10):
         wait_for(lambda: any(not t.done() for t in list(fleet.workers.values())))
         session_id = next(k.split("|")[0] for k, t in list(fleet.workers.items()) if not t.done())
         page.goto(f"{asgi_server.url}/sessions/{session_id}/")
+        expect(page.locator("#session-actions")).to_be_visible()
+        if page.get_by_role("button", name="Take over").count() == 0:
+            continue  # the agent closed the session between our pick and the page load
         page.get_by_role("button", name="Take over").click()
         expect(page.locator("#action-result")).to_have_text("You now control this session.")
         wait_for(lambda sid=session_id: fleet.outcomes.get(sid) is not None)
@@ -69,4 +93,4 @@ def test_overview_is_live_and_takeover_stops_the_fleet(asgi_server, page_factory
         ] == []
         if outcomes[-1] == "taken over":
             break
-    assert outcomes[-1] == "taken over", outcomes
+    assert outcomes and outcomes[-1] == "taken over", outcomes
