@@ -130,10 +130,8 @@ class SessionsConsumer(LoginRequiredConsumer):
                 removed.append(f'<tr id="{row_id}" hx-swap-oob="delete"></tr>')
             if not self.filters.matches(summary):
                 continue
-            if self.first_page:
-                on_top.append(
-                    render_session_row(summary, can_intervene=self.can_intervene)
-                )  # newest activity first
+            if self.first_page:  # newest activity first
+                on_top.append(render_session_row(summary, can_intervene=self.can_intervene))
             else:
                 in_place.append(
                     render_session_row(summary, oob="true", can_intervene=self.can_intervene)
