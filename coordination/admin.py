@@ -14,6 +14,7 @@ from django.urls import path, reverse
 
 from .core import DELETE, CoordinationError, InvalidCursor, InvalidSessionId, VersionConflict
 from .core.keys import validate_session_id
+from .live import announce_audit
 from .models import AuditEntry
 from .services import coordinator, session_index
 
@@ -196,3 +197,4 @@ class AuditEntryAdmin(admin.ModelAdmin):
             detail=detail[:2000],
             client_address=request.META.get("REMOTE_ADDR"),
         )
+        async_to_sync(announce_audit)(session_id)

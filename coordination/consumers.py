@@ -24,6 +24,7 @@ from .fragments import (
     event_item,
     header_context,
     overview_context,
+    recent_audit,
     render_overview_live,
     render_session_row,
 )
@@ -213,6 +214,13 @@ class SessionConsumer(LoginRequiredConsumer):
         ):
             parts.append(await self._render_header())
         await self.send(text_data="".join(parts))
+
+    async def session_audit(self, message):
+        """A supervisor acted on this session (from any process): redraw the audit trail."""
+        context = {"oob": True, "audit": await recent_audit(self.session_id)}
+        await self.send(
+            text_data=render_to_string("coordination/session_detail.html#audit", context)
+        )
 
     async def _render_header(self) -> str:
         summary = await session_index().get_session(self.session_id)

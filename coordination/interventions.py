@@ -22,6 +22,7 @@ from .core import (
     SessionTakenOver,
 )
 from .core.keys import validate_agent_id, validate_session_id
+from .live import announce_audit
 from .models import AuditEntry
 from .services import atomic_operations, coordinator, session_index
 from .telemetry import count_intervention
@@ -93,6 +94,7 @@ def _audit(
 async def _record(index, actor: Actor, action: str, session_id: str, *details) -> None:
     await _audit(actor, action, session_id, *details)
     await count_intervention(index, action, details[2])
+    await announce_audit(session_id)
 
 
 async def _perform(actor: Actor, action: str, session_id: str, operation, detail: str = "") -> str:

@@ -66,6 +66,15 @@ def session_group(session_id: str) -> str:
     return "coord.session." + hashlib.sha1(session_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+async def announce_audit(session_id: str) -> None:
+    """Tell the session's open pages, in every process, that its audit trail grew. Sent after
+    the audit row is saved (the intervention's event may reach the pages before it is)."""
+    try:
+        await get_channel_layer().group_send(session_group(session_id), {"type": "session.audit"})
+    except Exception as exc:  # the action is done and audited; only the live refresh is lost
+        log.warning("audit refresh for session %r not sent: %s", session_id, exc)
+
+
 def parse_event_id(event_id: str) -> tuple[int, int]:
     ms, _, seq = event_id.partition("-")
     return int(ms), int(seq or 0)

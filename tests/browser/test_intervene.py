@@ -148,6 +148,7 @@ def test_intervention_on_one_server_is_seen_live_on_another(
 
         expect(watcher.locator("#session-summary")).to_contain_text("human:bob")
         expect(watcher.locator("#timeline .event").first).to_contain_text("human_takeover")
+        expect(watcher.locator("#session-audit")).to_contain_text("Take over")
         row = listing.locator(f'#session-rows tr[data-session-id="{sid}"]')
         expect(row).to_contain_text("human:bob")
     finally:

@@ -4,11 +4,14 @@ stale pages, roles and CSRF."""
 from __future__ import annotations
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
 from coordination.models import AuditEntry
+from coordination.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db
 
@@ -254,3 +257,25 @@ def test_bulk_needs_the_supervisor_role_and_csrf(client, viewer, supervisor, cor
     strict.force_login(supervisor)
     assert strict.post("/act-bulk/", {"action": "close", "session_ids": ["v-1"]}).status_code == 403
     assert [e.type for e in core.events("v-1")] == [EventType.MESSAGE]
+
+
+def test_other_pages_of_the_session_get_its_audit_trail_live(sup_client, supervisor, core):
+    async_to_sync(core.coord("a-1").escalate)("x")
+
+    async def scenario():
+        # another supervisor's page of the same session, connected before the action
+        page = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/session/a-1/")
+        page.scope["user"] = supervisor
+        connected, _ = await page.connect()
+        assert connected
+        try:
+            await sync_to_async(post)(sup_client, "take-over", "a-1")
+            text = ""
+            while 'id="session-audit"' not in text:
+                text = await page.receive_from(timeout=10)
+            assert 'hx-swap-oob="true"' in text
+            assert "<td>sup</td><td>Take over</td>" in text
+        finally:
+            await page.disconnect()
+
+    async_to_sync(scenario)()
