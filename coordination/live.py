@@ -13,10 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
-import socket
 import time
-import uuid
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -24,7 +21,7 @@ from django.conf import settings
 from .core import RedisUnavailable, SessionIndex
 from .core.scripts import Script
 from .fragments import event_item
-from .telemetry import report
+from .telemetry import report, worker_name
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,7 @@ class Relay:
         self.cursor_key = f"{ns}:{{relay}}:cursor"
         self.lease_ttl_ms = int(lease_ttl * 1000)
         self.flush_interval = flush_interval
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.worker_id = worker_id or worker_name()
         self.is_leader = False
         self.relayed = 0
         self._stopping = asyncio.Event()

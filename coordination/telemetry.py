@@ -7,8 +7,17 @@ adds the Redis failures it saw to a shared counter once Redis answers again.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import socket
+import uuid
+
 from .core import RedisUnavailable, SessionIndex
 from .core.connection import redis_failures
+from .services import session_index
+
+log = logging.getLogger(__name__)
 
 
 class OpenWebsockets:
@@ -27,6 +36,11 @@ class OpenWebsockets:
 open_websockets = OpenWebsockets()
 
 
+def worker_name() -> str:
+    """This process, as the relay lease and the metrics reports name it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 async def report(index: SessionIndex, worker_id: str) -> None:
     failures = redis_failures.take()
     try:
@@ -36,6 +50,17 @@ async def report(index: SessionIndex, worker_id: str) -> None:
     except RedisUnavailable:
         redis_failures.give_back(failures)
         raise
+
+
+async def report_forever(interval: float = 2.0) -> None:
+    """``report`` every ``interval`` seconds, for a process that runs no relay."""
+    worker_id = worker_name()
+    while True:
+        try:
+            await report(session_index(), worker_id)
+        except RedisUnavailable as exc:
+            log.warning("metrics report from %s skipped: %s", worker_id, exc)
+        await asyncio.sleep(interval)
 
 
 async def count_intervention(index: SessionIndex, action: str, outcome: str) -> None:

@@ -27,10 +27,19 @@ class LifespanRelay:
 
                     self.relay = Relay()
                     self.task = asyncio.create_task(self.relay.run(), name="coordination-relay")
+                else:
+                    # no relay here, but /metrics still needs this process's websockets
+                    from coordination.telemetry import report_forever
+
+                    self.task = asyncio.create_task(report_forever(), name="coordination-report")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self.task is not None:
+                if self.task is not None and hasattr(self, "relay"):
                     with contextlib.suppress(asyncio.CancelledError):
                         await self.relay.stop(self.task)
+                elif self.task is not None:
+                    self.task.cancel()  # it makes no blocking reads, so cancelling is safe
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self.task
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -15,6 +16,7 @@ from coordination.core import RedisUnavailable
 from coordination.processes import free_port
 from coordination.routing import websocket_urlpatterns
 from coordination.telemetry import report
+from coordinator_site.lifespan import LifespanRelay
 
 pytestmark = pytest.mark.django_db
 
@@ -124,3 +126,23 @@ def test_redis_errors_are_counted_and_reported_when_redis_is_back(
     async_to_sync(report)(index, "this-process")
     assert async_to_sync(index.counters)()["redis_errors"] >= 2
     assert value(scrape(client, settings), "coordinator_redis_errors_total") == before + 2
+
+
+async def test_a_process_without_the_relay_still_reports_its_websockets(
+    coordination_settings, redis_url, namespace
+):
+    coordination_settings.COORDINATION_RELAY = False
+    index = SessionIndex(redis_url, namespace=namespace)
+    received, sent = asyncio.Queue(), asyncio.Queue()
+    lifespan = asyncio.create_task(
+        LifespanRelay(None)({"type": "lifespan"}, received.get, sent.put)
+    )
+    await received.put({"type": "lifespan.startup"})
+    assert (await sent.get())["type"] == "lifespan.startup.complete"
+    async with asyncio.timeout(10):
+        while not await index.worker_reports():
+            await asyncio.sleep(0.05)
+    assert await index.call(index.redis.get(f"{namespace}:{{relay}}:lease")) is None
+    await received.put({"type": "lifespan.shutdown"})
+    assert (await sent.get())["type"] == "lifespan.shutdown.complete"
+    await lifespan
