@@ -87,6 +87,7 @@ class Relay:
         lease_ttl: float = 5.0,
         flush_interval: float = 0.25,
         worker_id: str | None = None,
+        prune_every: float = 300.0,
     ) -> None:
         self.index = index or SessionIndex(
             settings.REDIS_URL, namespace=settings.COORDINATION_NAMESPACE
@@ -96,6 +97,7 @@ class Relay:
         self.cursor_key = f"{ns}:{{relay}}:cursor"
         self.lease_ttl_ms = int(lease_ttl * 1000)
         self.flush_interval = flush_interval
+        self.prune_every = prune_every
         self.worker_id = worker_id or worker_name()
         self.is_leader = False
         self.relayed = 0
@@ -164,7 +166,7 @@ class Relay:
             if not await self._commit(cursor):
                 return
         renew_every = self.lease_ttl_ms / 3000
-        last_renew = last_flush = time.monotonic()
+        last_renew = last_flush = last_prune = time.monotonic()
         changed: set[str] = set()
         while not self._stopping.is_set():
             entries = await self.index.read_feed(cursor, count=500, block=self.flush_interval)
@@ -194,3 +196,9 @@ class Relay:
                     return
                 await report(self.index, self.worker_id)
                 last_renew = now
+            if now - last_prune >= self.prune_every:
+                # one process (the active relay) drops the index entries of expired sessions
+                last_prune = now
+                pruned = await self.index.prune()
+                if pruned:
+                    log.info("relay %s pruned %d expired sessions", self.worker_id, pruned)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import RedisBacked
+from .connection import is_cluster
 from .coordinator import validate_event_id
 from .errors import InvalidCursor
 from .events import Event, encode_json, event_from_fields
@@ -121,6 +122,7 @@ class SessionIndex(RedisBacked):
     ) -> None:
         super().__init__(redis_url, **options)
         self.stale_after = stale_after
+        self._tombstone_cursor = 0
 
     async def get_session(self, session_id: str) -> SessionSummary | None:
         """The session's summary, or None if it has no events (unknown or expired)."""
@@ -382,14 +384,37 @@ class SessionIndex(RedisBacked):
         return newest[0][0] if newest else "0-0"
 
     async def prune(self, batch: int = 1000) -> int:
-        """Drop index entries of sessions idle past the retention (their keys have expired)."""
+        """Drop index entries of sessions idle past the retention whose keys have expired (a
+        session kept alive by a longer retention elsewhere is left alone). At most ``batch``
+        sessions per call; the dashboard's active relay calls this every few minutes."""
         cutoff = int(time.time() * 1000) - self.retention_ms
         ids = await self.call(
             self.redis.zrange(self.keys.activity, "-inf", cutoff, byscore=True, offset=0, num=batch)
         )
-        removed = 0
+        if ids:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in ids:
+                    pipe.exists(self.keys.session(sid).meta)
+                alive = await self.call(pipe.execute())
+            ids = [sid for sid, exists in zip(ids, alive, strict=True) if not exists]
         for sid in ids:
-            if not await self.call(self.redis.exists(self.keys.session(sid).meta)):
-                await self._run(clear_session_script, sid)
-                removed += 1
-        return removed
+            await self._run(clear_session_script, sid)
+        if is_cluster(self.redis):
+            await self._prune_tombstones(cutoff, batch)
+        return len(ids)
+
+    async def _prune_tombstones(self, cutoff_ms: int, batch: int) -> None:
+        """Cluster mode: a cleared session leaves ``[last id, "", ""]`` in the applied-state
+        hash, so that a late index update from before the clear cannot bring it back. Past the
+        retention no such update can be pending; one HSCAN page per call walks the hash."""
+        cursor, fields = await self.call(
+            self.redis.hscan(self.keys.applied, self._tombstone_cursor, count=batch)
+        )
+        self._tombstone_cursor = cursor
+        stale = []
+        for sid, raw in fields.items():
+            last_id, status, _owner = json.loads(raw)
+            if status == "" and int(last_id.partition("-")[0]) < cutoff_ms:
+                stale.append(sid)
+        if stale:
+            await self.call(self.redis.hdel(self.keys.applied, *stale))

@@ -185,7 +185,13 @@ local function sync(sid, v, status, owner, esc_ms, last_ms)
   local prev_status, prev_owner = '', ''
   if raw then
     local prev = cjson.decode(raw)
-    if not newer(v, prev[1]) then return end
+    -- a clear (status '') carries the id of the session's last event, which the record it
+    -- replaces may carry too: it wins a tie
+    if status == '' then
+      if newer(prev[1], v) then return end
+    elseif not newer(v, prev[1]) then
+      return
+    end
     prev_status, prev_owner = prev[2], prev[3]
   end
   if prev_owner ~= '' and prev_owner ~= owner then

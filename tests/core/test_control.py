@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -19,6 +20,7 @@ from coordination import (
     SessionClosed,
     SessionTakenOver,
 )
+from coordination.core.connection import is_cluster
 
 
 async def test_two_supervisors_race_to_take_over_one_wins_other_learns_who(make):
@@ -200,4 +202,21 @@ async def test_prune_drops_index_entries_of_expired_sessions(make, redis_sync, n
     assert await index.prune() == 1
     assert sum((await index.counts_by_status()).values()) == 0
     assert (await index.list_sessions(owner="billing")).sessions == []
+    assert (await index.list_sessions()).sessions == []
+
+
+async def test_prune_forgets_what_a_cleared_session_left_in_the_cluster_index(
+    make, redis_sync, namespace
+):
+    coord = make.coordinator("cleared")
+    await coord.publish(EventType.MESSAGE, {})
+    await coord.clear()
+    index = make.index(retention=0.001)
+    assert sum((await index.counts_by_status()).values()) == 0
+    applied = index.keys.applied
+    if is_cluster(index.redis):
+        # on a Cluster the clear leaves a tombstone that fences late index updates
+        assert json.loads(redis_sync.hget(applied, "cleared"))[1] == ""
+    await index.prune()
+    assert not redis_sync.hexists(applied, "cleared")
     assert (await index.list_sessions()).sessions == []

@@ -76,3 +76,24 @@ async def test_lists_get_coalesced_notices(redis_url, namespace, coordination_se
         assert notices < 50  # bursts are merged, not one notice per event
     finally:
         await relay.stop(task)
+
+
+async def test_the_active_relay_prunes_expired_sessions_from_the_index(
+    redis_url, namespace, coordination_settings, redis_sync
+):
+    coord = AgentCoordinator("expiring", redis_url, namespace=namespace, retention=0.3)
+    await coord.publish(EventType.MESSAGE, {})
+    index = SessionIndex(redis_url, namespace=namespace, retention=0.3)
+    async with asyncio.timeout(10):
+        while redis_sync.exists(index.keys.session("expiring").meta):  # Redis's own clock
+            await asyncio.sleep(0.05)
+    assert (await index.counts_by_status())["active"] == 1  # the index still lists it
+    relay = Relay(index, lease_ttl=1.0, flush_interval=0.05, worker_id="w", prune_every=0.1)
+    task = asyncio.create_task(relay.run())
+    try:
+        async with asyncio.timeout(10):
+            while sum((await index.counts_by_status()).values()):
+                await asyncio.sleep(0.05)
+        assert (await index.list_sessions()).sessions == []
+    finally:
+        await relay.stop(task)
