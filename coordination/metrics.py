@@ -17,8 +17,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .core import EventType
 from .core.connection import redis_failures
+from .core.index import MAX_PAGE
 from .live import Relay, parse_event_id
 from .services import session_index
+from .sla import is_over_sla
 
 
 class _Snapshot:
@@ -37,7 +39,7 @@ async def gather_families() -> list:
     (
         counts,
         queue_len,
-        oldest,
+        longest_waiting,
         agents,
         per_minute,
         newest,
@@ -47,7 +49,7 @@ async def gather_families() -> list:
     ) = await asyncio.gather(
         index.counts_by_status(),
         index.escalation_count(),
-        index.escalation_queue(limit=1),
+        index.escalation_queue(limit=MAX_PAGE),
         index.agents(limit=1000),
         index.events_per_minute(),
         index.latest_feed_id(),
@@ -60,13 +62,14 @@ async def gather_families() -> list:
     )
     for status, count in counts.items():
         sessions.add_metric([status], count)
-    waiting = oldest[0].escalated_at if oldest and oldest[0].escalated_at else None
+    waiting = longest_waiting[0].escalated_at if longest_waiting else None
     lag_ms = 0.0
     if cursor and newest != "0-0":
         lag_ms = max(0, parse_event_id(newest)[0] - parse_event_id(cursor)[0])
     return [
         sessions,
         *counter_families(counters),
+        *sla_families(longest_waiting),
         GaugeMetricFamily(
             "coordinator_websocket_clients",
             "Open dashboard websockets, all server processes",
@@ -99,6 +102,32 @@ async def gather_families() -> list:
             value=lag_ms / 1000,
         ),
     ]
+
+
+def sla_families(longest_waiting: list) -> list:
+    """Escalations by queue, and how many are over their queue's SLA. Counted over one page
+    of the queue, the longest waiting, to keep a scrape cheap: beyond that many escalations
+    the newer ones are not counted (``coordinator_escalation_queue_length`` has the total)."""
+    waiting = GaugeMetricFamily(
+        "coordinator_escalations_waiting",
+        f"Escalated sessions by queue, among the {MAX_PAGE} longest waiting",
+        labels=["queue"],
+    )
+    over = GaugeMetricFamily(
+        "coordinator_escalations_over_sla",
+        f"Escalations past their queue's SLA, among the {MAX_PAGE} longest waiting",
+        labels=["queue"],
+    )
+    counts: dict[str, list[int]] = {}
+    now = time.time()
+    for summary in longest_waiting:
+        tally = counts.setdefault(summary.escalation_queue or "default", [0, 0])
+        tally[0] += 1
+        tally[1] += is_over_sla(summary, now)
+    for queue, (total, late) in sorted(counts.items()):
+        waiting.add_metric([queue], total)
+        over.add_metric([queue], late)
+    return [waiting, over]
 
 
 def counter_families(counters: dict[str, int]) -> list:

@@ -146,3 +146,18 @@ async def test_a_process_without_the_relay_still_reports_its_websockets(
     await received.put({"type": "lifespan.shutdown"})
     assert (await sent.get())["type"] == "lifespan.shutdown.complete"
     await lifespan
+
+
+def test_escalations_by_queue_and_over_their_sla(client, settings, redis_url, namespace):
+    settings.COORDINATION_ESCALATION_SLA = 3600
+    settings.COORDINATION_ESCALATION_SLAS = {"vip": 0.001}
+    for n, queue in enumerate(("vip", "vip", None)):
+        data = {"queue": queue} if queue else None
+        async_to_sync(AgentCoordinator(f"q-{n}", redis_url, namespace=namespace).escalate)(
+            "help", data
+        )
+    body = scrape(client, settings)
+    assert value(body, 'coordinator_escalations_waiting{queue="vip"}') == 2
+    assert value(body, 'coordinator_escalations_waiting{queue="default"}') == 1
+    assert value(body, 'coordinator_escalations_over_sla{queue="vip"}') == 2
+    assert value(body, 'coordinator_escalations_over_sla{queue="default"}') == 0
