@@ -100,7 +100,10 @@
         document.dispatchEvent(new CustomEvent("coordinator:polled"));
         setLive("polling", "Live updates unavailable: refreshing every " + POLL_MS / 1000 + " s");
       })
-      .catch(function () { setLive("disconnected", "Server unreachable, retrying…"); });
+      .catch(function (error) {
+        var why = String(error && error.message || "").indexOf("HTTP ") === 0 ? "Refresh failed (" + error.message + ")" : "Server unreachable";
+        setLive("disconnected", why + ", retrying every " + POLL_MS / 1000 + " s…");
+      });
   }
   function mergeNewest(list, update) {
     // the timeline keeps the older pages it loaded: only events it lacks are added on top
