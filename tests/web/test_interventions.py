@@ -259,6 +259,9 @@ def test_bulk_needs_the_supervisor_role_and_csrf(client, viewer, supervisor, cor
     assert [e.type for e in core.events("v-1")] == [EventType.MESSAGE]
 
 
+# transactional: the consumer's database_sync_to_async closes the connection it finds, which
+# on PostgreSQL would be the connection holding a non-transactional test's transaction
+@pytest.mark.django_db(transaction=True)
 def test_other_pages_of_the_session_get_its_audit_trail_live(sup_client, supervisor, core):
     async_to_sync(core.coord("a-1").escalate)("x")
 

@@ -15,7 +15,7 @@ from coordination import AgentCoordinator, AtomicOperations, EventType, SessionI
 from coordination.core import RedisUnavailable
 from coordination.processes import free_port
 from coordination.routing import websocket_urlpatterns
-from coordination.telemetry import report
+from coordination.telemetry import open_websockets, report
 from coordinator_site.lifespan import LifespanRelay
 
 pytestmark = pytest.mark.django_db
@@ -86,6 +86,7 @@ def test_counters_of_events_claims_and_interventions(
     assert value(body, 'coordinator_interventions_total{action="release",outcome="refused"}') == 1
 
 
+@pytest.mark.django_db(transaction=True)  # a consumer inside (see test_interventions)
 def test_websocket_clients_of_every_live_process(
     client, settings, supervisor, redis_url, namespace, redis_sync
 ):
@@ -93,6 +94,7 @@ def test_websocket_clients_of_every_live_process(
     read = sync_to_async(lambda name: value(scrape(client, settings), name))
 
     async def scenario():
+        before = open_websockets.count  # a failed test elsewhere may have left one open
         communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/sessions/")
         communicator.scope["user"] = supervisor
         connected, _ = await communicator.connect()
@@ -102,12 +104,12 @@ def test_websocket_clients_of_every_live_process(
         # a process that stopped reporting a minute ago no longer counts
         stale = {"websockets": 5, "ms": int(time.time() * 1000) - 60_000}
         redis_sync.hset(index.keys.workers, "gone", json.dumps(stale))
-        assert await read("coordinator_websocket_clients") == 3
+        assert await read("coordinator_websocket_clients") == before + 1 + 2
         assert await read("coordinator_dashboard_processes") == 2
         assert not redis_sync.hexists(index.keys.workers, "gone")
         await communicator.disconnect()
         await report(index, "this-process")
-        assert await read("coordinator_websocket_clients") == 2
+        assert await read("coordinator_websocket_clients") == before + 2
 
     async_to_sync(scenario)()
 
