@@ -91,9 +91,12 @@ def _audit(
     )
 
 
-async def _record(index, actor: Actor, action: str, session_id: str, *details) -> None:
-    await _audit(actor, action, session_id, *details)
-    await count_intervention(index, action, details[2])
+async def _record(
+    index, actor: Actor, action: str, session_id: str, before, after, outcome: str, detail: str
+) -> None:
+    """An intervention's traces: its audit entry, its metrics count, the pages' audit refresh."""
+    await _audit(actor, action, session_id, before, after, outcome, detail)
+    await count_intervention(index, action, outcome)
     await announce_audit(session_id)
 
 

@@ -148,11 +148,10 @@ def counter_families(counters: dict[str, int]) -> list:
         if kind == "interventions":
             interventions.add_metric(rest.split(":", 1), value)
     # this process's failures not yet added to the shared counter are included
-    unreported = redis_failures.total - redis_failures.reported
     errors = CounterMetricFamily(
         "coordinator_redis_errors",
         "Times a dashboard process found Redis unavailable",
-        value=counters.get("redis_errors", 0) + unreported,
+        value=counters.get("redis_errors", 0) + redis_failures.unreported,
     )
     return [events, claims, interventions, errors]
 

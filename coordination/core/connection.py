@@ -273,8 +273,12 @@ class FailureTally:
     def add(self) -> None:
         self.total += 1
 
+    @property
+    def unreported(self) -> int:
+        return self.total - self.reported
+
     def take(self) -> int:
-        new, self.reported = self.total - self.reported, self.total
+        new, self.reported = self.unreported, self.total
         return new
 
     def give_back(self, count: int) -> None:
