@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -38,6 +40,7 @@ class RedisBacked:
         feed_maxlen: int = DEFAULT_FEED_MAXLEN,
         retention: timedelta | float = DEFAULT_RETENTION,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis_url = resolve_url(redis_url) if client is None else redis_url
         self._client = client
@@ -53,6 +56,9 @@ class RedisBacked:
             raise ValueError("retention must be positive")
         self.retention_ms = int(seconds * 1000)
         self.max_payload_bytes = int(max_payload_bytes)
+        # Wall-clock seconds for decisions made in Python (what has outlived the retention);
+        # tests move it instead of waiting for the real clock.
+        self.clock = clock
         self._global_keys = self.keys.global_keys()
         self._keys_cache: dict[str, list[str]] = {}
 

@@ -387,7 +387,7 @@ class SessionIndex(RedisBacked):
         """Drop index entries of sessions idle past the retention whose keys have expired (a
         session kept alive by a longer retention elsewhere is left alone). At most ``batch``
         sessions per call; the dashboard's active relay calls this every few minutes."""
-        cutoff = int(time.time() * 1000) - self.retention_ms
+        cutoff = int(self.clock() * 1000) - self.retention_ms
         ids = await self.call(
             self.redis.zrange(self.keys.activity, "-inf", cutoff, byscore=True, offset=0, num=batch)
         )
