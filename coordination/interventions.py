@@ -134,8 +134,12 @@ async def _perform(actor: Actor, action: str, session_id: str, operation, detail
     return message
 
 
+# The wall clock for "3s ago" in refusals; tests set it instead of racing the real one.
+clock = time.time
+
+
 def _ago(since: float | None) -> str:
-    return humanize_age(time.time() - since) if since else "just now"
+    return humanize_age(clock() - since) if since else "just now"
 
 
 def _explain(exc: CoordinationError) -> str:

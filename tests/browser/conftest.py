@@ -94,12 +94,40 @@ def browser_users(request, django_db_blocker):
     """Transactional tests elsewhere in the run flush every table when they end, users
     included; the live server shares the database, so the users are put back when missing."""
     if "server_env" in request.fixturenames:
+        # the test database first: run alone, a browser test is the first to need it
+        request.getfixturevalue("server_env")
         in_plain_thread(lambda: create_users(django_db_blocker))
 
 
 @pytest.fixture(scope="session")
+def live_database(django_db_setup, django_db_blocker):
+    """The test database for live servers. pytest-django creates it only when a collected test
+    asks for the database, which a run of browser tests alone does not."""
+    from django.db import connection as db_connection
+    from django.test.utils import setup_databases, teardown_databases
+
+    def missing() -> bool:
+        with django_db_blocker.unblock():
+            return "auth_user" not in db_connection.introspection.table_names()
+
+    def create():
+        with django_db_blocker.unblock():
+            return setup_databases(verbosity=0, interactive=False, aliases={"default"})
+
+    created = in_plain_thread(create) if in_plain_thread(missing) else None
+    yield
+    if created:
+
+        def drop():
+            with django_db_blocker.unblock():
+                teardown_databases(created, verbosity=0)
+
+        in_plain_thread(drop)
+
+
+@pytest.fixture(scope="session")
 def server_env(
-    django_db_setup, django_db_blocker, redis_server_url, browser_namespace, tmp_path_factory
+    live_database, django_db_blocker, redis_server_url, browser_namespace, tmp_path_factory
 ):
     url = in_plain_thread(lambda: create_users(django_db_blocker))
     return {

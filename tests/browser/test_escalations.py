@@ -29,7 +29,7 @@ RECORD_NOTIFICATIONS = """
 
 @pytest.fixture(scope="module")
 def fast_sla_server(server_env):
-    server = LiveServer({**server_env, "COORDINATION_ESCALATION_SLAS": "fast=3"}).start()
+    server = LiveServer({**server_env, "COORDINATION_ESCALATION_SLAS": "fast=60"}).start()
     yield server
     server.stop()
 
@@ -40,6 +40,9 @@ def test_opted_in_supervisor_is_alerted_and_the_sla_lights_up(
     url = fast_sla_server.url
     page = page_factory(url, permissions=["notifications"])
     page.context.add_init_script(RECORD_NOTIFICATIONS)
+    # The page's clock is Playwright's: it flows with real time until the test moves it past
+    # the SLA, so a slow machine cannot breach a deadline before the test looks.
+    page.clock.install()
     core.run(f"{sid}-old", lambda c: c.escalate("was waiting already"))
     page.goto(f"{url}/")
     wait_live(page)
@@ -51,7 +54,7 @@ def test_opted_in_supervisor_is_alerted_and_the_sla_lights_up(
 
     core.run(sid, lambda c: c.escalate("refund", {"queue": "fast"}))
     row = page.locator(f'#escalation-queue tr[data-session-id="{sid}"]')
-    expect(row).to_contain_text("fast · SLA 3s")
+    expect(row).to_contain_text("fast · SLA 1m")
     page.wait_for_function(f"window.__notified.some(n => n[1] === {sid!r})")
     assert page.evaluate("window.coordinator.alertLog") == [sid]  # not the one already there
     assert page.evaluate("window.__notified") == [["Session escalated", sid]]
@@ -59,7 +62,8 @@ def test_opted_in_supervisor_is_alerted_and_the_sla_lights_up(
     # no event arrives after the escalation: the page's own clock shows the breach
     tag = row.locator("[data-sla-deadline]")
     expect(tag).to_be_hidden()
-    expect(tag).to_be_visible(timeout=10_000)
+    page.clock.fast_forward("01:05")
+    expect(tag).to_be_visible()
     expect(row).to_have_class("over-sla")
 
     # the choice is remembered, and a page without it stays quiet

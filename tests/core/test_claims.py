@@ -9,6 +9,8 @@ import pytest
 from coordination import AtomicOperations, EventType, NotOwner, SessionTakenOver
 from coordination.core.connection import new_client
 
+from ..waiting import eventually, lease_gone
+
 
 async def test_one_winner_among_100_claimers_on_separate_connections(redis_url, namespace):
     clients = [new_client(redis_url) for _ in range(100)]
@@ -37,8 +39,10 @@ async def test_expired_lease_can_be_claimed_and_stale_owner_is_refused(make):
     atomic = make.atomic()
     assert await atomic.claim_handoff("s-lease", "first", ttl=0.05)
     first = await atomic.get_handoff("s-lease")
-    while await atomic.get_handoff("s-lease") is not None:  # the lease runs out on the server
-        await asyncio.sleep(0.01)
+    # the lease runs out on the server's clock
+    await eventually(
+        lambda: lease_gone(atomic, "s-lease"), "the 50 ms lease to run out", timeout=10
+    )
     assert await atomic.claim_handoff("s-lease", "second")
     second = await atomic.get_handoff("s-lease")
     assert second.token > first.token

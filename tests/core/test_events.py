@@ -8,6 +8,8 @@ import pytest
 
 from coordination import EventType, ReservedEventType, UnknownEventType
 
+from ..waiting import eventually
+
 
 async def test_publish_returns_event_with_stream_id_and_fields(make):
     coord = make.coordinator("s-pub", source="triage")
@@ -91,8 +93,8 @@ async def test_live_event_reaches_a_blocked_subscriber(make):
                 return
 
     task = asyncio.create_task(listen())
-    while not received:  # the backlog event proves the listener is reading
-        await asyncio.wait({task}, timeout=0.01)
+    # the backlog event proves the listener is reading
+    await eventually(lambda: received or task.done(), "the listener to read the backlog")
     await coord.publish(EventType.AGENT_COMPLETED, {"agent_id": "a"})
     await asyncio.wait_for(task, 5)
     assert [e.type for e in received] == [EventType.AGENT_STARTED, EventType.AGENT_COMPLETED]

@@ -56,20 +56,25 @@ async def test_redis_restart_during_publish_load_loses_no_acknowledged_event(tmp
 
     task = asyncio.create_task(listen())
     restart = None
+    stopped = False
     try:
         n = 0
         while n < total:
-            if n == total // 2 and restart is None:
+            if n == total // 2 and not stopped:
                 server.stop()  # SIGTERM: Redis writes its AOF and exits; then it comes back
-                server = EmbeddedRedis(
-                    tmp_path / "data", port, "--appendonly", "yes", "--appendfsync", "always"
-                )
-                restart = asyncio.get_running_loop().run_in_executor(None, server.start)
+                stopped = True
             try:
                 event = await publisher.publish(EventType.MESSAGE, {"n": n})
             except RedisUnavailable as exc:
                 assert "127.0.0.1" in str(exc)
                 errors += 1
+                if restart is None:
+                    # Redis comes back only after a publish has seen it gone, so the outage
+                    # is exercised whatever the machine's speed.
+                    server = EmbeddedRedis(
+                        tmp_path / "data", port, "--appendonly", "yes", "--appendfsync", "always"
+                    )
+                    restart = asyncio.get_running_loop().run_in_executor(None, server.start)
                 await asyncio.sleep(
                     0.02
                 )  # the caller's retry policy: here, retry until Redis is back
@@ -99,7 +104,9 @@ async def test_a_paused_redis_gives_a_bounded_timeout(tmp_path, monkeypatch, fig
     admin = connection.new_client(server.url)
     try:
         await coord.publish(EventType.MESSAGE, {})
-        await admin.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        # Paused far longer than any bound below: only the client's own timeout can end the
+        # publish, so a slow machine changes how long it takes, never how it ends.
+        await admin.execute_command("CLIENT", "PAUSE", 60_000, "ALL")
         started = time.monotonic()
         with pytest.raises(RedisUnavailable):
             await coord.publish(EventType.MESSAGE, {})
@@ -109,11 +116,13 @@ async def test_a_paused_redis_gives_a_bounded_timeout(tmp_path, monkeypatch, fig
         await admin.aclose()
         server.stop()
     figures(
-        "Redis paused (CLIENT PAUSE 3 s)",
+        "Redis paused (CLIENT PAUSE 60 s)",
         "a publish with a 1 s socket timeout",
         f"RedisUnavailable after {waited:.2f} s",
     )
-    assert waited < 2.5
+    # The documented promise is "noticed within seconds": 1 s of timeout, with a stated
+    # allowance for a loaded 2-core machine.
+    assert waited < 10
 
 
 @pytest.mark.browser

@@ -15,6 +15,8 @@ from coordination import (
     NotOwner,
 )
 
+from ..waiting import eventually, lease_gone
+
 
 async def test_exactly_one_claimer_wins_every_round(redis_url, namespace, slow, figures):
     rounds, claimers = (1000, 50) if slow else (100, 50)
@@ -42,8 +44,8 @@ async def test_paused_owner_loses_its_lease(make, figures):
     atomic = make.atomic()
     assert await atomic.claim_handoff("lease", "sleepy", ttl=0.05)
     first = await atomic.get_handoff("lease")
-    while await atomic.get_handoff("lease") is not None:  # the owner is "paused" past its TTL
-        await asyncio.sleep(0.01)
+    # the owner is "paused" past its TTL
+    await eventually(lambda: lease_gone(atomic, "lease"), "the 50 ms lease to run out", timeout=10)
     assert await atomic.claim_handoff("lease", "awake")
     second = await atomic.get_handoff("lease")
     refused = 0

@@ -3,13 +3,15 @@ stale pages, roles and CSRF."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
+from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex, interventions
 from coordination.models import AuditEntry
 from coordination.routing import websocket_urlpatterns
 
@@ -32,6 +34,7 @@ def core(redis_url, namespace):
             index = SessionIndex(redis_url, namespace=namespace)
             return async_to_sync(index.get_session)(sid).owner
 
+    Core.redis_url, Core.namespace = redis_url, namespace
     return Core()
 
 
@@ -83,12 +86,19 @@ def test_take_over_reply_and_hand_back(sup_client, core):
     assert entry.actor_name == "sup" and entry.client_address == "127.0.0.1"
 
 
-def test_second_supervisor_learns_who_took_over(sup_client, core, django_user_model):
+@pytest.mark.parametrize(("later", "label"), [(2, "just now"), (95, "1m ago")])
+def test_second_supervisor_learns_who_took_over(
+    sup_client, core, django_user_model, monkeypatch, later, label
+):
     async_to_sync(core.coord("s-2").escalate)("x")
     async_to_sync(core.coord("s-2").take_over)("human:ann")
+    taken = async_to_sync(SessionIndex(core.redis_url, namespace=core.namespace).get_session)(
+        "s-2"
+    ).taken_at
+    monkeypatch.setattr(interventions, "clock", lambda: taken + later)
     response = post(sup_client, "take-over", "s-2")
     body = response.content.decode()
-    assert "Taken over by ann just now." in body
+    assert f"Taken over by ann {label}." in body
     assert AuditEntry.objects.get().outcome == "refused"
 
 
@@ -274,8 +284,9 @@ def test_other_pages_of_the_session_get_its_audit_trail_live(sup_client, supervi
         try:
             await sync_to_async(post)(sup_client, "take-over", "a-1")
             text = ""
-            while 'id="session-audit"' not in text:
-                text = await page.receive_from(timeout=10)
+            async with asyncio.timeout(15):  # other live frames may come first
+                while 'id="session-audit"' not in text:
+                    text = await page.receive_from(timeout=10)
             assert 'hx-swap-oob="true"' in text
             assert "<td>sup</td><td>Take over</td>" in text
         finally:

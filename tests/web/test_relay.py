@@ -9,6 +9,8 @@ from channels.layers import get_channel_layer
 from coordination import AgentCoordinator, EventType, SessionIndex
 from coordination.live import SESSIONS_GROUP, Relay, session_group
 
+from ..waiting import eventually
+
 
 async def receive_until(layer, channel, count, timeout=10):
     """Event items from ``session.events`` messages, until ``count`` arrived."""
@@ -32,8 +34,7 @@ async def test_one_relay_leads_and_another_takes_over_resuming_from_the_cursor(
     first = Relay(index, lease_ttl=1.0, flush_interval=0.05, worker_id="w1")
     second = Relay(index, lease_ttl=1.0, flush_interval=0.05, worker_id="w2")
     t1 = asyncio.create_task(first.run())
-    while not first.is_leader:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: first.is_leader, "the first relay to take the lease")
     t2 = asyncio.create_task(second.run())
     try:
         published = [await coord.publish(EventType.MESSAGE, {"n": n}) for n in range(3)]
@@ -60,8 +61,7 @@ async def test_lists_get_coalesced_notices(redis_url, namespace, coordination_se
     relay = Relay(index, lease_ttl=2.0, flush_interval=0.2, worker_id="w")
     task = asyncio.create_task(relay.run())
     try:
-        while not relay.is_leader:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: relay.is_leader, "the relay to take the lease")
         for n in range(50):
             await AgentCoordinator(f"s-{n % 5}", redis_url, namespace=namespace).publish(
                 EventType.MESSAGE, {}
