@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test lint format bench bench-full browser clean
+.PHONY: run test test-stress lint format bench bench-full browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ format: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test browser lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Hunt flakes: N rounds of the suite (or a part), under load; each failure with its seed.
+# e.g. make test-stress STRESS="--runs 3 --load 1 --beside -- tests/core tests/web"
+STRESS ?= --runs 5 --load 1
+test-stress: $(VENV)/.installed-test browser
+	$(PY) -m tests.stress $(STRESS)
 
 bench: $(VENV)/.installed-test
 	-$(PY) -m pip install --quiet --no-deps redis-openai-agents  # upstream, for the comparison row

@@ -4,6 +4,7 @@ namespace per test that is deleted afterwards, and Django settings pointing at b
 from __future__ import annotations
 
 import os
+import random
 import socket
 import uuid
 from urllib.parse import urlsplit
@@ -19,10 +20,34 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="run long rounds (CI enables this)")
+    parser.addoption(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for the tests' randomness (Python's random per test; hypothesis when "
+        "--hypothesis-seed is not given); printed in the header so a failure can be replayed",
+    )
 
 
 def pytest_configure(config):
     config.slow = config.getoption("--slow")
+    seed = config.getoption("--seed")
+    if seed is None:
+        seed = int(os.environ.get("TEST_SEED") or random.SystemRandom().randrange(2**32))
+    config.test_seed = seed
+    # hypothesis reads its seed from this option; one seed replays the whole run
+    if hasattr(config.option, "hypothesis_seed") and config.option.hypothesis_seed is None:
+        config.option.hypothesis_seed = seed
+
+
+def pytest_report_header(config):
+    return f"test seed: {config.test_seed} (replay with --seed {config.test_seed})"
+
+
+@pytest.fixture(autouse=True)
+def _seeded_random(request):
+    """Each test's ``random`` starts from the run's seed and the test's id."""
+    random.seed(f"{request.config.test_seed}:{request.node.nodeid}")
 
 
 def pytest_collection_modifyitems(config, items):
