@@ -32,8 +32,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from .core.keys import Keyspace
 
-# What redis-py sends when it connects (AUTH/HELLO/SELECT; CLIENT SETINFO is refused and redis-py
-# ignores that), what a Cluster client needs to find its nodes, and PING for health checks.
+# What redis-py sends when it connects (AUTH/HELLO/SELECT, and CLIENT SETINFO: see
+# ``connection_commands``), what a Cluster client needs to find its nodes, and PING.
 CONNECTION_COMMANDS = (
     "auth",
     "hello",
@@ -44,6 +44,20 @@ CONNECTION_COMMANDS = (
     "readonly",
     "asking",
 )
+
+
+def connection_commands(redis_version: tuple[int, ...] | None = None) -> list[str]:
+    """``CONNECTION_COMMANDS``, plus ``client|setinfo`` (redis-py names itself on every new
+    connection) unless the server is Redis 7.0 or 7.1, which refuse that name in a rule (the
+    subcommand came in 7.2; 6.2 accepts any subcommand name). Where it is missing, the refused
+    SETINFO is harmless (redis-py ignores the error) but fills the ACL log with noise, and the
+    ACL log is where a refused agent shows up."""
+    version = redis_version or (7, 2)
+    commands = list(CONNECTION_COMMANDS)
+    if not ((7, 0) <= tuple(version[:2]) < (7, 2)):
+        commands.append("client|setinfo")
+    return commands
+
 
 # The core's scripts are run by SHA, loaded on first use (EVAL) or explicitly (SCRIPT LOAD).
 SCRIPT_COMMANDS = ("eval", "evalsha", "script|load", "script|exists")
@@ -108,17 +122,24 @@ def agent_key_patterns(namespace: str) -> list[str]:
     return patterns
 
 
-def agent_rules(namespace: str) -> list[str]:
+def agent_rules(namespace: str, redis_version: tuple[int, ...] | None = None) -> list[str]:
     """ACL SETUSER rules (after the password) for an agent user of ``namespace``."""
     return [
         *(f"~{p}" for p in agent_key_patterns(namespace)),
         "resetchannels",
         "-@all",
-        *(f"+{c}" for c in (*CONNECTION_COMMANDS, *SCRIPT_COMMANDS, *AGENT_DATA_COMMANDS)),
+        *(
+            f"+{c}"
+            for c in (
+                *connection_commands(redis_version),
+                *SCRIPT_COMMANDS,
+                *AGENT_DATA_COMMANDS,
+            )
+        ),
     ]
 
 
-def dashboard_rules(namespace: str) -> list[str]:
+def dashboard_rules(namespace: str, redis_version: tuple[int, ...] | None = None) -> list[str]:
     """ACL SETUSER rules (after the password) for the dashboard's user of ``namespace``: its
     whole namespace and the channel layer's channels (prefix ``<ns>:asgi``, settings.py)."""
     Keyspace(namespace)  # validates the namespace
@@ -131,7 +152,7 @@ def dashboard_rules(namespace: str) -> list[str]:
         "-@dangerous",
         "-@admin",
         "-@scripting",
-        *(f"+{c}" for c in (*CONNECTION_COMMANDS, *SCRIPT_COMMANDS)),
+        *(f"+{c}" for c in (*connection_commands(redis_version), *SCRIPT_COMMANDS)),
     ]
 
 
@@ -175,6 +196,20 @@ def write_secret(path: Path, text: str) -> None:
         os.close(fd)
 
 
+def server_version(client) -> tuple[int, ...]:
+    """The server's version as numbers, e.g. (7, 0, 15)."""
+    raw = client.info("server")["redis_version"]
+    return tuple(int(part) for part in str(raw).split(".") if part.isdigit())
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"7.0"`` -> (7, 0); a ValueError names what was wrong."""
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        raise ValueError(f"Redis version {text!r} must look like 7.2") from None
+
+
 @dataclass(frozen=True)
 class Credentials:
     """What ``lock_down`` set up: one URL per user and the files they were written to."""
@@ -206,9 +241,12 @@ def lock_down(
     passwords = {name: new_password() for name in ("agents", "dashboard", "admin")}
     client = redis.Redis.from_url(admin_url, socket_timeout=5, socket_connect_timeout=5)
     try:
-        client.execute_command(*setuser(agent_user, passwords["agents"], agent_rules(namespace)))
+        version = server_version(client)
         client.execute_command(
-            *setuser(dashboard_user, passwords["dashboard"], dashboard_rules(namespace))
+            *setuser(agent_user, passwords["agents"], agent_rules(namespace, version))
+        )
+        client.execute_command(
+            *setuser(dashboard_user, passwords["dashboard"], dashboard_rules(namespace, version))
         )
         # The default user keeps every right but needs a password from now on; this
         # connection stays authenticated until it closes.

@@ -140,6 +140,8 @@ def test_the_printed_rules_load_and_hold_no_password(acl_server, admin, tmp_path
             "dashboard-printed",
             "--namespace",
             NS,
+            "--redis-version",
+            admin.info("server")["redis_version"],
             "--password-dir",
             str(tmp_path),
         ],
@@ -171,6 +173,7 @@ def test_the_printed_rules_load_and_hold_no_password(acl_server, admin, tmp_path
 async def test_every_core_operation_of_an_agent_works(acl_server, admin):
     creds = acl_server[1]
     admin.script_flush()  # the first call of each script goes through EVAL, later ones EVALSHA
+    admin.execute_command("ACL", "LOG", "RESET")
     url = creds.agents_url
     sid = f"acl-{uuid.uuid4().hex[:8]}"
     coord = AgentCoordinator(sid, url, source="triage", namespace=NS)
@@ -226,6 +229,8 @@ async def test_every_core_operation_of_an_agent_works(acl_server, admin):
     await coord.clear()
     assert await index.get_session(sid) is None
     assert admin.script_exists(publish_script.sha, claim_script.sha) == [True, True]
+    refusals = admin.execute_command("ACL", "LOG")
+    assert refusals == [], refusals  # nothing was refused on the way, not even CLIENT SETINFO
 
 
 @pytest.mark.parametrize("example", ["my_own_agent.py", "support_desk.py"])
@@ -461,3 +466,74 @@ def test_the_agents_user_never_matches_a_dashboard_key():
             # Redis globs treat '[' specially, fnmatch too; neither occurs in these names
             assert not any(fnmatch.fnmatchcase(key, p) for p in patterns), (key, patterns)
         assert fnmatch.fnmatchcase(f"{ns}:{{a%2Fb}}:meta", patterns[1])
+
+
+# -- make run ------------------------------------------------------------------------------
+
+
+def test_make_run_gives_the_demo_agents_their_own_user(tmp_path):
+    """``manage.py serve`` with its embedded Redis: the dashboard and the demo agents connect
+    as two users, the printed URLs hide the passwords, the URL files are 0600, and while the
+    demo runs nobody is refused anything (the ACL log stays empty)."""
+    import re
+    import signal
+    import time
+
+    from coordination.processes import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(
+        COORDINATION_VAR_DIR=str(tmp_path),
+        PORT=str(port),
+        DJANGO_SUPERUSER_PASSWORD="serve-acl-password-1",
+    )
+    serve = subprocess.Popen(
+        [sys.executable, "manage.py", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = []
+    try:
+        for line in serve.stdout:
+            output.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        text = "".join(output)
+        files = {n: tmp_path / "redis-acl" / f"{n}.url" for n in ("agents", "dashboard", "admin")}
+        urls = {n: p.read_text().strip() for n, p in files.items()}
+        for name, path in files.items():
+            assert path.stat().st_mode & 0o777 == 0o600
+            password = urls[name].rsplit("@", 1)[0].rsplit(":", 1)[1]
+            assert password not in text, f"the {name} password was printed"
+        assert re.search(r"redis://dashboard:\*\*\*@127\.0\.0\.1:\d+/0", text), text
+        assert re.search(r"redis://agents:\*\*\*@127\.0\.0\.1:\d+/0", text), text
+        assert "redis-acl/agents.url" in text
+        admin = redis.Redis.from_url(urls["admin"], decode_responses=True)
+        try:
+            deadline = time.monotonic() + 60
+            # the demo agents coordinate (a triage's state change, events) as user "agents"
+            while not admin.hget("coord:{index}:counters", "events:state_changed"):
+                assert time.monotonic() < deadline, "the demo agents wrote nothing"
+                time.sleep(0.1)
+            users = {c["user"] for c in admin.client_list()}
+            assert {"agents", "dashboard"} <= users, users
+            while admin.get("coord:{relay}:lease") is None:
+                assert time.monotonic() < deadline, "no relay took the lease"
+                time.sleep(0.05)
+            log = admin.execute_command("ACL", "LOG")
+            assert log == [], [dict(zip(e[::2], e[1::2], strict=False)) for e in log]
+        finally:
+            admin.close()
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=30) == 0
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGINT)
+            try:
+                serve.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                serve.kill()

@@ -145,7 +145,8 @@ def test_serve_starts_embedded_redis_and_stops_everything_on_ctrl_c(tmp_path):
         text = "".join(output)
         redis_url = re.search(r"Started embedded Redis at (\S+)", text).group(1)
         assert f"http://127.0.0.1:{port}/" in text and "DJANGO_SUPERUSER_PASSWORD" in text
-        client = redis.Redis.from_url(redis_url)
+        # the embedded Redis has users (docs/security.md); the admin URL is in var/redis-acl
+        client = redis.Redis.from_url((tmp_path / "redis-acl" / "admin.url").read_text().strip())
         assert client.ping() is True
         # The server's lifespan started the relay that feeds live updates: it holds the lease.
         deadline = time.monotonic() + 15

@@ -27,18 +27,27 @@ class Command(BaseCommand):
             help="the key namespace (default: COORDINATION_NAMESPACE)",
         )
         parser.add_argument(
+            "--redis-version",
+            default="7.2",
+            help="the server's version, for the one rule that depends on it (Redis 7.0 and 7.1 "
+            "do not know CLIENT SETINFO); default 7.2",
+        )
+        parser.add_argument(
             "--password-dir",
             default=str(Path(settings.VAR_DIR) / "redis-acl"),
             help="where <user>.password files are read, or created with a random password "
             "(mode 0600) when missing (default: var/redis-acl)",
         )
 
-    def handle(self, *args, agent_user, dashboard_user, namespace, password_dir, **options):
+    def handle(
+        self, *args, agent_user, dashboard_user, namespace, redis_version, password_dir, **options
+    ):
         directory = Path(password_dir)
         try:
+            version = redis_acl.parse_version(redis_version)
             lines = [
                 redis_acl.command_line(
-                    redis_acl.setuser(user, _password(directory, user), rules(namespace))
+                    redis_acl.setuser(user, _password(directory, user), rules(namespace, version))
                 )
                 for user, rules in (
                     (agent_user, redis_acl.agent_rules),

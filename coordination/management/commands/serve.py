@@ -18,7 +18,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from coordination import redis_acl
 from coordination.core import RedisUnavailable, check_connection
+from coordination.core.connection import redact_url
 from coordination.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 
 
@@ -40,15 +42,21 @@ class Command(BaseCommand):
         children: list[subprocess.Popen] = []
         try:
             redis_url = os.environ.get("REDIS_URL")
+            agents_url = redis_url
+            redis_note = (
+                "The demo agents share REDIS_URL with the dashboard. To give agents a Redis user "
+                "that can coordinate and nothing else:\n  .venv/bin/python manage.py redis_acl "
+                "| redis-cli -u <admin URL>   (see docs/security.md)"
+            )
             if not redis_url:
                 try:
                     embedded = EmbeddedRedis(Path(settings.VAR_DIR) / "redis").start()
                 except EmbeddedRedisError as exc:
                     self._fail(f"could not start the embedded Redis: {exc}")
-                redis_url = embedded.url
                 self.stdout.write(
-                    f"Started embedded Redis at {redis_url} (data in var/redis, not persisted)"
+                    f"Started embedded Redis at {embedded.url} (data in var/redis, not persisted)"
                 )
+                redis_url, agents_url, redis_note = self._redis_users(embedded.url)
             try:
                 asyncio.run(check_connection(redis_url))
             except RedisUnavailable as exc:
@@ -79,12 +87,16 @@ class Command(BaseCommand):
             )
             if not no_agents and _has_command("simulate_agents"):
                 children.append(
-                    subprocess.Popen([sys.executable, "manage.py", "simulate_agents"], env=env)
+                    subprocess.Popen(
+                        [sys.executable, "manage.py", "simulate_agents"],
+                        env={**env, "REDIS_URL": agents_url},
+                    )
                 )
             url = f"http://{host}:{port}/"
             self._wait_until_healthy(children[0], url)
             self.stdout.write(self.style.SUCCESS(f"\nCoordinator is running at {url}"))
             self.stdout.write(login)
+            self.stdout.write(redis_note)
             self.stdout.write(
                 "Press Ctrl-C to stop the server, the agents and the embedded Redis.\n"
             )
@@ -124,6 +136,26 @@ class Command(BaseCommand):
                 time.sleep(0.1)
         self._fail(f"the ASGI server did not answer {probe} within {timeout:g} s")
 
+    def _redis_users(self, admin_url: str) -> tuple[str, str, str]:
+        """The embedded Redis gets an agents' user (coordination only) and a dashboard user,
+        with new random passwords, and its default user a password: the way an operator is
+        meant to run Redis (docs/security.md). Returns (dashboard URL, agents' URL, a note)."""
+        directory = Path(settings.VAR_DIR) / "redis-acl"
+        try:
+            creds = redis_acl.lock_down(
+                admin_url, settings.COORDINATION_NAMESPACE, directory=directory
+            )
+        except Exception as exc:  # a refused ACL command or a vanished server: say which
+            self._fail(f"could not create the Redis users: {exc}")
+        note = (
+            f"Redis users: the dashboard connects as {redact_url(creds.dashboard_url)},\n"
+            f"the demo agents as {redact_url(creds.agents_url)} (coordination only: no relay,\n"
+            "cache or channel-layer keys, no pub/sub, no admin commands; see docs/security.md).\n"
+            f"Agent URL: {_shown(creds.file('agents'))} (mode 0600); dashboard and admin URLs: "
+            f"{_shown(creds.file('dashboard'))}, {_shown(creds.file('admin'))}."
+        )
+        return creds.dashboard_url, creds.agents_url, note
+
     def _ensure_supervisor(self) -> str:
         User = get_user_model()
         username = os.environ.get("DJANGO_SUPERUSER_USERNAME", "supervisor")
@@ -157,6 +189,16 @@ def _join_supervisors(user) -> None:
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
+
+
+def _shown(path: Path | None) -> str:
+    """A path relative to the working directory when it lies below it (var/...)."""
+    if path is None:
+        return "-"
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _has_command(name: str) -> bool:
