@@ -33,6 +33,8 @@ from coordination.core.scripts import claim_script, publish_script
 from coordination.embedded_redis import EmbeddedRedis, redis_server_binary
 from coordination.live import ACQUIRE_OR_RENEW, SESSIONS_GROUP, session_group
 
+from ..browser.conftest import live_database, page_factory  # noqa: F401  (the live-server test)
+
 ROOT = Path(__file__).resolve().parents[2]
 NS = "coord"  # the production namespace: a private server, so the real key names are used
 LEASE = f"{NS}:{{relay}}:lease"
@@ -537,3 +539,80 @@ def test_make_run_gives_the_demo_agents_their_own_user(tmp_path):
                 serve.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 serve.kill()
+
+
+# -- the dashboard end to end on its own user ----------------------------------------------
+
+
+@pytest.mark.browser
+def test_the_dashboard_works_on_its_own_user_and_agents_cannot_reach_its_pages(
+    server_env,
+    page_factory,  # noqa: F811
+    agent_loop,
+):
+    """A live server whose REDIS_URL is the dashboard's user and an agent on the agents' user:
+    the login throttle counts in the cache, the relay holds its lease and brings the agent's
+    events to the open page, a take-over works and shows live. The channel-layer channels
+    open at that moment (PUBSUB CHANNELS, the real names) are each refused to the agent."""
+    import redis.asyncio as aioredis
+    from playwright.sync_api import expect
+
+    from ..browser.conftest import LiveServer, wait_live  # noqa: F811
+
+    with EmbeddedRedis() as server:
+        creds = redis_acl.lock_down(server.url, NS)
+        admin = redis.Redis.from_url(creds.admin_url, decode_responses=True)
+        agent_client = redis.Redis.from_url(creds.agents_url, decode_responses=True)
+        env = {**server_env, "REDIS_URL": creds.dashboard_url, "COORDINATION_NAMESPACE": NS}
+        live = LiveServer(env).start()
+        sid = f"acl-e2e-{uuid.uuid4().hex[:8]}"
+
+        def agent_publishes(text: str) -> None:
+            async def go():
+                client = aioredis.Redis.from_url(creds.agents_url, decode_responses=True)
+                try:
+                    coord = AgentCoordinator(sid, client=client, namespace=NS, source="triage")
+                    await coord.publish(EventType.MESSAGE, {"role": "agent", "text": text})
+                finally:
+                    await client.aclose()
+
+            asyncio.run_coroutine_threadsafe(go(), agent_loop).result(timeout=30)
+
+        try:
+            stranger = page_factory(live.url, username=None)
+            stranger.goto(f"{live.url}/login/")
+            stranger.fill("#id_username", "alice")
+            stranger.fill("#id_password", "not-the-password")
+            stranger.click("button[type=submit]")
+            expect(stranger.locator("#id_username")).to_be_visible()  # the form again, no 500
+            assert list(admin.scan_iter(match=f"{NS}:cache:*")), "the throttle counted nothing"
+            for key in admin.scan_iter(match=f"{NS}:cache:*"):  # the real throttle keys
+                refused(lambda key=key: agent_client.get(key))
+                refused(lambda key=key: agent_client.delete(key))
+
+            agent_publishes("first words")
+            page = page_factory(live.url)  # alice, a supervisor
+            page.goto(f"{live.url}/sessions/{sid}/")
+            wait_live(page)
+            expect(page.locator("#timeline")).to_contain_text("first words")
+            agent_publishes("said while you watch")
+            expect(page.locator("#timeline")).to_contain_text("said while you watch")
+            assert admin.get(LEASE), "the relay holds no lease"
+
+            channels = admin.pubsub_channels()
+            assert any("__group__" in c for c in channels), channels
+            for channel in channels:
+                assert channel.startswith(CHANNEL_PREFIX), channel
+                refused(lambda channel=channel: agent_client.publish(channel, MARKUP))
+
+            page.get_by_role("button", name="Take over").click()
+            expect(page.locator("#action-result")).to_have_text("You now control this session.")
+            expect(page.locator("#session-summary")).to_contain_text("human:alice")
+            refusals = admin.execute_command("ACL", "LOG")
+            # the agent's refusals above only: the dashboard was never refused anything
+            users = {dict(zip(e[::2], e[1::2], strict=False))["username"] for e in refusals}
+            assert users == {"agents"}, refusals
+        finally:
+            live.stop()
+            admin.close()
+            agent_client.close()
