@@ -12,6 +12,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
+from .auth import throttle_login
 from .core import DELETE, CoordinationError, InvalidCursor, InvalidSessionId, VersionConflict
 from .core.keys import validate_session_id
 from .live import announce_audit
@@ -20,6 +21,9 @@ from .services import coordinator, session_index
 
 ADMIN_PAGE = 50
 NEW_KEY_ERROR = "\x00new"  # errors of the "add a key" row; no state key can hold NUL
+
+# /admin/login/ is a second sign-in form: the same throttle as /login/ (get_urls reads .login).
+admin.site.login = throttle_login(admin.site.login)
 
 
 @admin.register(AuditEntry)

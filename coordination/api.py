@@ -38,6 +38,14 @@ BulkAction = Literal["release", "reassign", "close", "hand-back"]
 
 
 class BearerToken(HttpBearer):
+    def __call__(self, request: HttpRequest):
+        """As ninja's, minus its DEBUG log line that prints a wrong-scheme header in full (a
+        token sent as ``Token coord_…`` would land in the logs). Nothing here logs the header."""
+        scheme, _, token = request.headers.get(self.header, "").partition(" ")
+        if scheme.lower() != self.openapi_scheme:
+            return None
+        return self.authenticate(request, token.strip())
+
     def authenticate(self, request: HttpRequest, token: str):
         if not token or len(token) > MAX_TOKEN_LENGTH:
             return None

@@ -44,6 +44,31 @@ REDIS_CHECK_TIMEOUT = 2.0
 
 
 class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
+    # What this consumer takes from the channel layer: only these types, never ``websocket.*``
+    # (those come from the ASGI server alone). The layer already drops what no dashboard
+    # process sealed; this keeps a sealed message of the wrong kind from being dispatched.
+    layer_message_types: frozenset[str] = frozenset()
+
+    @property
+    def channel_receive(self):
+        return self._layer_receive
+
+    @channel_receive.setter
+    def channel_receive(self, receive):
+        # Channels' AsyncConsumer.__call__ sets this to the layer's receive for our channel.
+        async def accepted() -> dict:
+            while True:
+                message = await receive()
+                if message.get("type") in self.layer_message_types:
+                    return message
+                log.warning(
+                    "%s ignored a channel-layer message of type %.60r",
+                    type(self).__name__,
+                    message.get("type"),
+                )
+
+        self._layer_receive = accepted
+
     async def websocket_connect(self, message):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -89,6 +114,8 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
 
 class SessionsConsumer(LoginRequiredConsumer):
     """The overview and the sessions list: coalesced ``sessions.changed`` notices from the relay."""
+
+    layer_message_types = frozenset({"sessions.changed"})
 
     async def connect(self):
         query = {
@@ -152,6 +179,8 @@ class SessionsConsumer(LoginRequiredConsumer):
 
 class SessionConsumer(LoginRequiredConsumer):
     """One session's page: every event in order, once; the header and state kept current."""
+
+    layer_message_types = frozenset({"session.events", "session.audit"})
 
     async def connect(self):
         try:

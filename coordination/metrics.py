@@ -159,7 +159,9 @@ def counter_families(counters: dict[str, int]) -> list:
 def _authorized(request: HttpRequest) -> bool:
     token = getattr(settings, "METRICS_TOKEN", "")
     header = request.headers.get("Authorization", "")
-    if token and hmac.compare_digest(header, f"Bearer {token}"):
+    # bytes: compare_digest refuses str with non-ASCII characters (a 500 for a garbled header)
+    expected = f"Bearer {token}".encode()
+    if token and hmac.compare_digest(header.encode("utf-8", "surrogateescape"), expected):
         return True
     user = getattr(request, "user", None)
     return bool(user and user.is_authenticated and user.is_staff)

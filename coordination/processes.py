@@ -20,6 +20,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def uvicorn_proxy_args(forwarded_allow_ips: str | list[str] | None) -> list[str]:
+    """uvicorn's proxy options for ``FORWARDED_ALLOW_IPS``. uvicorn believes X-Forwarded-For and
+    X-Forwarded-Proto from 127.0.0.1 unless told otherwise, and a local agent is a peer on
+    127.0.0.1: so without configured proxies the headers are switched off outright."""
+    if isinstance(forwarded_allow_ips, str):
+        forwarded_allow_ips = forwarded_allow_ips.split(",")
+    allowed = [item.strip() for item in forwarded_allow_ips or () if item.strip()]
+    if not allowed:
+        return ["--no-proxy-headers"]
+    return ["--proxy-headers", "--forwarded-allow-ips", ",".join(allowed)]
+
+
 def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it has not exited after ``timeout`` seconds."""
     if process is None or process.poll() is not None:
@@ -33,7 +45,8 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> Non
 
 
 class AsgiServer:
-    """``uvicorn coordinator_site.asgi:application`` on 127.0.0.1; ``start()`` waits for /healthz."""
+    """``uvicorn coordinator_site.asgi:application`` on 127.0.0.1; ``start()`` waits for /healthz.
+    Forwarded headers are believed only from ``env["FORWARDED_ALLOW_IPS"]`` (none when unset)."""
 
     def __init__(self, env: dict[str, str], port: int | None = None) -> None:
         self.env = env
@@ -59,6 +72,7 @@ class AsgiServer:
                 "on",
                 "--log-level",
                 "warning",
+                *uvicorn_proxy_args(self.env.get("FORWARDED_ALLOW_IPS")),
             ],
             cwd=ROOT,
             env=self.env,

@@ -30,6 +30,7 @@ from .fragments import (
     session_detail_context,
     session_row_context,
 )
+from .live import relay_health
 from .services import coordinator, session_index
 
 
@@ -179,15 +180,24 @@ def _database_ok() -> bool:
 @never_cache
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when Redis and the database answer; 503 naming the failing part otherwise."""
+    """200 when Redis and the database answer and live updates flow; 503 naming the failing
+    part otherwise. In a server process (ASGI lifespan) it also reports this process's relay
+    (``"relay": "stopped"`` when its task died) and whether any process holds the relay lease
+    (none for longer than a lease lasts: no live updates anywhere). No address, host or
+    worker name is shown."""
     checks = {"redis": "ok", "database": "ok"}
+    redis = session_index().redis
     try:
-        await asyncio.wait_for(session_index().redis.ping(), timeout=2)
+        await asyncio.wait_for(redis.ping(), timeout=2)
     except (RedisUnavailable, TimeoutError, *UNAVAILABLE_ERRORS):
         checks["redis"] = "unavailable"
     if not await sync_to_async(_database_ok)():
         checks["database"] = "unavailable"
     healthy = all(v == "ok" for v in checks.values())
+    relay = await relay_health(redis)
+    if relay is not None:
+        checks.update(relay[0])
+        healthy = healthy and relay[1]
     return JsonResponse(
         {"status": "ok" if healthy else "unavailable", **checks}, status=200 if healthy else 503
     )

@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels (login and origin checked)."""
+"""ASGI entry point: HTTP through Django, websockets through Channels (login and same origin checked)."""
 
 import os
 
@@ -10,8 +10,8 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from coordination.origin import SameOriginValidator  # noqa: E402
 from coordination.routing import websocket_urlpatterns  # noqa: E402
 from coordinator_site.lifespan import LifespanRelay  # noqa: E402
 
@@ -19,9 +19,8 @@ application = LifespanRelay(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            "websocket": AllowedHostsOriginValidator(
-                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-            ),
+            # the page's origin must match scheme, host and port (not only the host)
+            "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         }
     )
 )

@@ -11,6 +11,16 @@ from django.conf import settings
 log = logging.getLogger(__name__)
 
 
+def _log_end(task: asyncio.Task) -> None:
+    """The relay restarts its own loop after a failure, so its task ends only at shutdown; if it
+    ends otherwise, say so (``/healthz`` then answers 503 with ``"relay": "stopped"``)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("%s ended: %r", task.get_name(), exc, exc_info=exc)
+
+
 class LifespanRelay:
     def __init__(self, app) -> None:
         self.app = app
@@ -22,16 +32,19 @@ class LifespanRelay:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if getattr(settings, "COORDINATION_RELAY", True):
-                    from coordination.live import Relay
+                from coordination import live  # imported once Django is set up
 
-                    self.relay = Relay()
+                if getattr(settings, "COORDINATION_RELAY", True):
+                    self.relay = live.Relay()
                     self.task = asyncio.create_task(self.relay.run(), name="coordination-relay")
+                    live.register_process_relay(self.relay, self.task)
                 else:
                     # no relay here, but /metrics still needs this process's websockets
                     from coordination.telemetry import report_forever
 
                     self.task = asyncio.create_task(report_forever(), name="coordination-report")
+                    live.register_process_relay(None, self.task)
+                self.task.add_done_callback(_log_end)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.task is not None and hasattr(self, "relay"):
@@ -41,5 +54,8 @@ class LifespanRelay:
                     self.task.cancel()  # it makes no blocking reads, so cancelling is safe
                     with contextlib.suppress(asyncio.CancelledError):
                         await self.task
+                from coordination import live
+
+                live.unregister_process_relay(self.task)
                 await send({"type": "lifespan.shutdown.complete"})
                 return

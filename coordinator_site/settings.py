@@ -181,7 +181,9 @@ def redis_services(redis_url: str, namespace: str) -> tuple[dict, dict]:
         host = redis_url
     channel_layers = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # channels_redis' pub/sub layer with every message sealed with a key derived
+            # from SECRET_KEY: whoever holds REDIS_URL cannot put anything on a page
+            "BACKEND": "coordination.channel_layer.AuthenticatedPubSubLayer",
             "CONFIG": {"hosts": [host], "prefix": f"{namespace}:asgi"},
         }
     }

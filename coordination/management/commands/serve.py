@@ -22,6 +22,7 @@ from coordination import redis_acl
 from coordination.core import RedisUnavailable, check_connection
 from coordination.core.connection import redact_url
 from coordination.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from coordination.processes import uvicorn_proxy_args
 
 
 class Command(BaseCommand):
@@ -81,6 +82,8 @@ class Command(BaseCommand):
                         "on",  # the lifespan starts the relay that feeds live updates
                         "--log-level",
                         "warning",
+                        # forwarded headers only from FORWARDED_ALLOW_IPS (none by default)
+                        *uvicorn_proxy_args(settings.FORWARDED_ALLOW_IPS),
                     ],
                     env=env,
                 )
