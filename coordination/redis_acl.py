@@ -75,6 +75,7 @@ AGENT_DATA_COMMANDS = (
     "hincrby",
     "hdel",
     "hgetall",
+    "hkeys",
     "pexpire",
     "pttl",
     "del",
@@ -96,6 +97,8 @@ AGENT_DATA_COMMANDS = (
     "zlexcount",
     "exists",
     "hscan",
+    "hlen",  # reads of the same hashes and sets, harmless
+    "zscore",
 )
 
 DEFAULT_AGENT_USER = "agents"
