@@ -194,6 +194,11 @@ CACHES, CHANNEL_LAYERS = redis_services(REDIS_URL, COORDINATION_NAMESPACE)
 # Lets a Prometheus scraper read /metrics without a login (Authorization: Bearer <token>).
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 LOGIN_THROTTLE_SECONDS = int(env_number("LOGIN_THROTTLE_SECONDS", 900))
+# Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated IPs or networks,
+# e.g. 127.0.0.1 for an nginx on this host). Empty (the default): nobody's, so the client address
+# of the throttle and the audit log is the real peer. ``serve`` and the test servers pass it to
+# uvicorn; a hand-started uvicorn needs ``--forwarded-allow-ips`` (see docs/deploy.md).
+FORWARDED_ALLOW_IPS = env_list("FORWARDED_ALLOW_IPS", "")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -242,11 +247,17 @@ LOGGING = {
         "json": {"()": "coordination.logging.JsonFormatter"},
         "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
     },
+    # tokens, Authorization values and cookies are masked whatever logged them
+    "filters": {"redact": {"()": "coordination.logging.RedactSecrets"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "text" if LOG_FORMAT == "text" else "json",
+            "filters": ["redact"],
         }
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    # Django's default handlers on "django" printed its records a second time, unmasked (in
+    # DEBUG); they reach the root's console handler instead (no ADMINS: no mail was sent anyway)
+    "loggers": {"django": {"handlers": [], "level": "INFO", "propagate": True}},
 }
