@@ -5,12 +5,17 @@ It imports nothing from Django, so agents can use it in any process::
     from coordination import AgentCoordinator, EventType, AtomicOperations
 """
 
+from .approvals import Approval, Decision
 from .atomic import AtomicOperations, Handoff
 from .connection import check_connection, redact_url
 from .coordinator import DELETE, AgentCoordinator
 from .errors import (
+    AlreadyDecided,
+    ApprovalExpired,
     CoordinationError,
+    DecisionTimeout,
     InvalidAgentId,
+    InvalidApproval,
     InvalidCursor,
     InvalidEscalationQueue,
     InvalidSessionId,
@@ -22,11 +27,19 @@ from .errors import (
     ReservedEventType,
     SessionClosed,
     SessionTakenOver,
+    UnknownApproval,
     UnknownEventType,
     VersionConflict,
 )
 from .events import Event, EventType
-from .index import AgentPresence, FeedEntry, SessionIndex, SessionPage, SessionSummary
+from .index import (
+    AgentPresence,
+    ApprovalPage,
+    FeedEntry,
+    SessionIndex,
+    SessionPage,
+    SessionSummary,
+)
 from .keys import STATUSES
 
 __all__ = [
@@ -34,13 +47,20 @@ __all__ = [
     "DELETE",
     "AgentCoordinator",
     "AgentPresence",
+    "AlreadyDecided",
+    "Approval",
+    "ApprovalExpired",
+    "ApprovalPage",
     "AtomicOperations",
     "CoordinationError",
+    "Decision",
+    "DecisionTimeout",
     "Event",
     "EventType",
     "FeedEntry",
     "Handoff",
     "InvalidAgentId",
+    "InvalidApproval",
     "InvalidCursor",
     "InvalidEscalationQueue",
     "InvalidSessionId",
@@ -55,6 +75,7 @@ __all__ = [
     "SessionPage",
     "SessionSummary",
     "SessionTakenOver",
+    "UnknownApproval",
     "UnknownEventType",
     "VersionConflict",
     "check_connection",

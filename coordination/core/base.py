@@ -17,7 +17,7 @@ from .connection import UNAVAILABLE_ERRORS, is_cluster, resolve_url, shared_clie
 from .errors import CoordinationError
 from .events import DEFAULT_MAX_PAYLOAD_BYTES
 from .keys import Keyspace, validate_session_id
-from .scripts import SessionScript, apply_index_script, read_hashes_script
+from .scripts import SESSION_KEY_COUNT, SessionScript, apply_index_script, read_hashes_script
 
 log = logging.getLogger("coordination")
 
@@ -89,7 +89,7 @@ class RedisBacked:
                 *self.keys.session(session_id).all(),
                 *self._global_keys,
             ]
-        return keys[:5] if cluster else keys
+        return keys[:SESSION_KEY_COUNT] if cluster else keys
 
     def _script_args(self, session_id: str, *args: Any) -> list[Any]:
         return [session_id, self.stream_maxlen, self.feed_maxlen, self.retention_ms, *args]

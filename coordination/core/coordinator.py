@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+from .approvals import ApprovalsMixin
 from .base import DEFAULT_CLAIM_TTL, RedisBacked
 from .errors import (
     InvalidCursor,
@@ -50,7 +51,7 @@ class _Delete:
 DELETE: Any = _Delete()
 
 
-class AgentCoordinator(RedisBacked):
+class AgentCoordinator(ApprovalsMixin, RedisBacked):
     """Publish and read one session's events, keep its shared state, and hand it to humans.
 
     ``AgentCoordinator(session_id, redis_url=None)`` connects lazily; ``source`` names the
@@ -92,7 +93,8 @@ class AgentCoordinator(RedisBacked):
         if etype in RESERVED_TYPES:
             raise ReservedEventType(
                 f"{etype.value} events are published by the operation that makes the change "
-                "(claim_handoff, release_handoff, reassign_handoff, take_over, hand_back, set_state)"
+                "(claim_handoff, release_handoff, reassign_handoff, take_over, hand_back, set_state, "
+                "request_approval, decide)"
             )
         return await self._publish(etype, data, source, strict_close=False, guard=guard)
 
@@ -354,7 +356,8 @@ class AgentCoordinator(RedisBacked):
         return await self.controller() is not None
 
     async def clear(self) -> None:
-        """Remove the session's events, state, claim and index entries in one atomic step."""
+        """Remove the session's events, state, claim, approvals, saved runs and index entries
+        in one atomic step."""
         await self._run(clear_session_script, self.session_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -112,3 +113,72 @@ class RedisUnavailable(CoordinationError, ConnectionError):
         self.reason = reason
         detail = f": {reason}" if reason else ""
         super().__init__(f"Redis is unavailable at {url}{detail}")
+
+
+class InvalidApproval(CoordinationError, ValueError):
+    """An approval request or decision is malformed (action, id, expiry, decision)."""
+
+
+class UnknownApproval(CoordinationError, KeyError):
+    """No approval with this id exists in the session (never requested, or cleared/expired)."""
+
+    def __init__(self, session_id: str, approval_id: str) -> None:
+        self.session_id = session_id
+        self.approval_id = approval_id
+        super().__init__(f"session {session_id!r} has no approval {approval_id!r}")
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0])
+
+
+class AlreadyDecided(CoordinationError):
+    """An approval was decided before this decision arrived: the first decision wins."""
+
+    def __init__(
+        self,
+        session_id: str,
+        approval_id: str,
+        decided_by: str | None,
+        decided_at: float | None,
+        approved: bool,
+    ) -> None:
+        self.session_id = session_id
+        self.approval_id = approval_id
+        self.decided_by = decided_by
+        self.decided_at = decided_at
+        self.approved = approved
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(decided_at))
+            if decided_at is not None
+            else "earlier"
+        )
+        verdict = "approved" if approved else "rejected"
+        super().__init__(
+            f"approval {approval_id!r} of session {session_id!r} was already {verdict} "
+            f"by {decided_by!r} at {when}"
+        )
+
+
+class ApprovalExpired(CoordinationError):
+    """The approval's deadline passed before anyone decided; it can no longer be decided."""
+
+    def __init__(self, session_id: str, approval_id: str, expired_at: float | None) -> None:
+        self.session_id = session_id
+        self.approval_id = approval_id
+        self.expired_at = expired_at
+        super().__init__(
+            f"approval {approval_id!r} of session {session_id!r} expired before a decision"
+        )
+
+
+class DecisionTimeout(CoordinationError, TimeoutError):
+    """``wait_for_decision`` gave up: nobody decided within its timeout (still pending)."""
+
+    def __init__(self, session_id: str, approval_id: str, timeout: float) -> None:
+        self.session_id = session_id
+        self.approval_id = approval_id
+        self.timeout = timeout
+        super().__init__(
+            f"no decision on approval {approval_id!r} of session {session_id!r} "
+            f"within {timeout:g} seconds (it is still pending)"
+        )

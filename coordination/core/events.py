@@ -33,6 +33,8 @@ class EventType(StrEnum):
     NOTE = "note"
     SESSION_CLOSED = "session_closed"
     ERROR = "error"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_DECIDED = "approval_decided"
 
     def __str__(self) -> str:
         return self.value
@@ -61,6 +63,10 @@ RESERVED_TYPES = frozenset(
         EventType.HUMAN_TAKEOVER,
         EventType.HUMAN_HANDBACK,
         EventType.STATE_CHANGED,
+        # an approval's record, counter and queue entry change with these (request_approval,
+        # decide): a hand-written one would announce a request nobody can decide
+        EventType.APPROVAL_REQUESTED,
+        EventType.APPROVAL_DECIDED,
     }
 )
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .approvals import Approval, approval_from_record, pending_count, queue_member
 from .base import RedisBacked
 from .connection import is_cluster
 from .coordinator import validate_event_id
@@ -39,6 +40,8 @@ class SessionSummary:
     claim_token: int | None = None
     claim_expires_at: float | None = None
     fence: int = 0
+    # approvals requested and not yet decided (nor expired)
+    pending_approvals: int = 0
 
     @property
     def is_human_controlled(self) -> bool:
@@ -48,6 +51,14 @@ class SessionSummary:
 @dataclass(frozen=True, slots=True)
 class SessionPage:
     sessions: list[SessionSummary]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalPage:
+    """Pending approvals of every session, oldest request first."""
+
+    approvals: list[Approval]
     next_cursor: str | None
 
 
@@ -91,6 +102,7 @@ def _summary(session_id: str, meta: dict[str, str], claim: dict[str, str]) -> Se
         claim_token=int(claim["token"]) if claim.get("token") else None,
         claim_expires_at=_ms(claim.get("expires")),
         fence=int(meta.get("fence") or 0),
+        pending_approvals=pending_count(meta),
     )
 
 
@@ -272,6 +284,65 @@ class SessionIndex(RedisBacked):
 
     async def escalation_count(self) -> int:
         return await self.call(self.redis.zcard(self.keys.escalations))
+
+    async def pending_approvals(self, limit: int = 50, cursor: str | None = None) -> ApprovalPage:
+        """Pending approvals of every session, the longest waiting first.
+
+        Each queue entry is checked against its session's record: on a Cluster a decision's
+        removal may reach the queue before the request's entry does, and a session's keys may
+        have expired or been cleared. Entries whose approval is no longer pending are dropped
+        from the queue here.
+        """
+        limit = max(1, min(int(limit), MAX_PAGE))
+        client = self.redis
+        key = self.keys.approvals
+        after = _decode_cursor(cursor) if cursor is not None else None
+        low = "-inf" if after is None else after[0]
+        rows: list[Approval] = []
+        last: tuple[float, str] | None = None
+        more = False
+        offset = 0
+        for _ in range(20):  # stale entries are few; this bounds the work of one call
+            raw_batch = await self.call(
+                client.zrange(
+                    key, low, "+inf", byscore=True, offset=offset, num=limit + 1, withscores=True
+                )
+            )
+            offset += len(raw_batch)
+            batch = [
+                (m, sc) for m, sc in raw_batch if after is None or sc > after[0] or m > after[1]
+            ]
+            pairs = [(m, sc, queue_member(m) or ("", "")) for m, sc in batch]
+            async with client.pipeline(transaction=False) as pipe:
+                for _m, _sc, (sid, aid) in pairs:
+                    if sid:
+                        pipe.hget(self.keys.session(sid).approvals, aid)
+                    else:
+                        pipe.exists(key)  # a placeholder reply: the entry is dropped below
+                replies = await self.call(pipe.execute()) if pairs else []
+            stale = []
+            for (member, score, (sid, aid)), raw in zip(pairs, replies, strict=True):
+                approval = approval_from_record(sid, raw) if sid and isinstance(raw, str) else None
+                if approval is None or not approval.pending or approval.approval_id != aid:
+                    stale.append(member)
+                elif len(rows) < limit:
+                    rows.append(approval)
+                    last = (score, member)
+                else:
+                    more = True
+                    break
+            if stale:
+                await self.call(client.zrem(key, *stale))
+                offset -= len(stale)
+            if more or len(raw_batch) <= limit:
+                break
+        next_cursor = _encode_cursor(*last) if more and last is not None else None
+        return ApprovalPage(rows, next_cursor)
+
+    async def approval_count(self) -> int:
+        """Pending approvals in the queue (entries not yet checked may include a few that were
+        decided meanwhile; ``pending_approvals`` drops those)."""
+        return await self.call(self.redis.zcard(self.keys.approvals))
 
     async def events_per_minute(self) -> int:
         """Events in the last 60 seconds, interpolated from per-minute counters."""

@@ -74,9 +74,22 @@ class SessionKeys:
     claim: str
     state: str
     versions: str
+    # approval id -> JSON record (see core/approvals.py)
+    approvals: str
+    # saved agent runs waiting on approvals (name -> JSON), kept out of the shared state
+    runs: str
 
     def all(self) -> list[str]:
-        return [self.events, self.meta, self.claim, self.state, self.versions]
+        """In the order the scripts' KEYS expect (scripts.PRELUDE)."""
+        return [
+            self.events,
+            self.meta,
+            self.claim,
+            self.state,
+            self.versions,
+            self.approvals,
+            self.runs,
+        ]
 
 
 class Keyspace:
@@ -106,6 +119,9 @@ class Keyspace:
         self.workers = f"{g}:workers"
         # Cluster mode only: the index state last applied per session (see scripts.APPLY_INDEX).
         self.applied = f"{g}:applied"
+        # Pending approvals of every session, oldest first: "<session id>\0<approval id>"
+        # scored by the request's time in ms.
+        self.approvals = f"{g}:approvals"
 
     def session(self, session_id: str) -> SessionKeys:
         base = f"{self.namespace}:{{{encode_id(session_id)}}}"
@@ -115,6 +131,8 @@ class Keyspace:
             claim=f"{base}:claim",
             state=f"{base}:state",
             versions=f"{base}:statever",
+            approvals=f"{base}:approvals",
+            runs=f"{base}:runs",
         )
 
     def global_keys(self) -> list[str]:
@@ -130,4 +148,6 @@ class Keyspace:
             *(self.status[s] for s in STATUSES),
             self.stats,
             self.counters,
+            # added last: scripts number the global keys (SINGLE_SERVER_KEYS, APPLY_INDEX)
+            self.approvals,
         ]

@@ -15,28 +15,34 @@ import hashlib
 
 from redis.exceptions import NoScriptError
 
-# How a script reaches the global keys. On one server they are KEYS[6..19] and are written in the
+# A session script's KEYS start with the session's own keys (``SessionKeys.all()``).
+SESSION_KEY_COUNT = 7
+
+# How a script reaches the global keys. On one server they are KEYS[8..22] and are written in the
 # same atomic step as the session's keys.
 SINGLE_SERVER_KEYS = r"""
 local SPLIT = false
-local G = {feed=KEYS[6], activity=KEYS[7], names=KEYS[8], owners=KEYS[9], esc=KEYS[10],
-  agents=KEYS[11], seen=KEYS[12], ['status:active']=KEYS[13], ['status:waiting']=KEYS[14],
-  ['status:escalated']=KEYS[15], ['status:human']=KEYS[16], ['status:closed']=KEYS[17],
-  stats=KEYS[18], counters=KEYS[19]}
+local G = {feed=KEYS[8], activity=KEYS[9], names=KEYS[10], owners=KEYS[11], esc=KEYS[12],
+  agents=KEYS[13], seen=KEYS[14], ['status:active']=KEYS[15], ['status:waiting']=KEYS[16],
+  ['status:escalated']=KEYS[17], ['status:human']=KEYS[18], ['status:closed']=KEYS[19],
+  stats=KEYS[20], counters=KEYS[21], approvals=KEYS[22]}
 local OPS = nil
 local function idx(cmd, name, ...) return redis.call(cmd, G[name], ...) end
 """
 
-# On Redis Cluster a script may only touch one slot, so a session script gets only its five
+# On Redis Cluster a script may only touch one slot, so a session script gets only its own
 # keys and returns the global writes for APPLY_INDEX to run on the index slot. The session's
 # place in the indexes is not sent as deltas (two clients' second steps may arrive in either
 # order) but as one absolute SYNC record read from the session's meta at the end of the script.
+# The approvals queue is forwarded as plain ZADD/ZREM: a decision's ZREM may overtake its
+# request's ZADD, so readers check each entry against the session's record
+# (``SessionIndex.pending_approvals``).
 CLUSTER_KEYS = r"""
 local SPLIT = true
 local G = {}
 local OPS = {}
 local function idx(cmd, name, ...)
-  if name == 'feed' or name == 'agents' or name == 'seen' then
+  if name == 'feed' or name == 'agents' or name == 'seen' or name == 'approvals' then
     table.insert(OPS, {cmd, name, ...})
   end
 end
@@ -48,6 +54,7 @@ local STREAM_CAP = ARGV[2]
 local FEED_CAP = ARGV[3]
 local RETENTION = tonumber(ARGV[4])
 local K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_APPROVALS, K_RUNS = KEYS[6], KEYS[7]
 local STATUSES = {'active', 'waiting', 'escalated', 'human', 'closed'}
 local CLEARED_ID = nil
 
@@ -130,7 +137,7 @@ local function emit(etype, data, source, new_status, old_status)
   local refresh = ms - tonumber(current[2] or '0') > 60000
   if refresh then
     redis.call('HSET', K_META, 'status', status, 'last_id', id, 'last_type', etype, 'last_ms', ms, 'ttl_ms', ms)
-    for _, key in ipairs({K_EVENTS, K_META, K_STATE, K_VERSIONS}) do
+    for _, key in ipairs({K_EVENTS, K_META, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS}) do
       redis.call('PEXPIRE', key, RETENTION)
     end
   else
@@ -166,8 +173,8 @@ APPLY_INDEX = r"""
 local G = {feed=KEYS[1], activity=KEYS[2], names=KEYS[3], owners=KEYS[4], esc=KEYS[5],
   agents=KEYS[6], seen=KEYS[7], ['status:active']=KEYS[8], ['status:waiting']=KEYS[9],
   ['status:escalated']=KEYS[10], ['status:human']=KEYS[11], ['status:closed']=KEYS[12],
-  stats=KEYS[13], counters=KEYS[14]}
-local APPLIED = KEYS[15]
+  stats=KEYS[13], counters=KEYS[14], approvals=KEYS[15]}
+local APPLIED = KEYS[16]
 local STATUSES = {'active', 'waiting', 'escalated', 'human', 'closed'}
 
 local function newer(a, b)
@@ -442,7 +449,101 @@ for _, s in ipairs(STATUSES) do idx('ZREM', 'status:' .. s, SID) end
 idx('ZREM', 'activity', SID)
 idx('ZREM', 'names', SID)
 idx('ZREM', 'esc', SID)
-return redis.call('DEL', K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS)
+for _, aid in ipairs(redis.call('HKEYS', K_APPROVALS)) do idx('ZREM', 'approvals', SID .. '\0' .. aid) end
+return redis.call('DEL', K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS)
+"""
+
+# An approval record is JSON written by cjson here. Values given as JSON text (args, reason,
+# message, edited args) are kept as strings (``*_json``) so their numbers are never re-encoded.
+# ARGV[5] approval id, [6] action, [7] args JSON, [8] reason JSON, [9] agent id, [10] expires in
+# ms ('' = never), [11] source
+REQUEST_APPROVAL = r"""
+local aid = ARGV[5]
+local existing = redis.call('HGET', K_APPROVALS, aid)
+if existing then return {2, existing} end
+local status = meta('status')
+if status == 'closed' then return {0, 'closed'} end
+local expires_ms = nil
+local expires_at = 'null'
+if ARGV[10] ~= '' then
+  expires_ms = NOW + tonumber(ARGV[10])
+  expires_at = string.format('%.3f', expires_ms / 1000)
+end
+local data = '{"approval_id":' .. jstr(aid) .. ',"action":' .. jstr(ARGV[6]) .. ',"args":' .. ARGV[7] .. ',"reason":' .. ARGV[8] .. ',"agent_id":' .. jstr(ARGV[9]) .. ',"expires_at":' .. expires_at .. '}'
+local event_id = emit('approval_requested', data, ARGV[11], nil, status)
+local agent = nil
+if ARGV[9] ~= '' then agent = ARGV[9] end
+local record = cjson.encode({id=aid, action=ARGV[6], args_json=ARGV[7], reason_json=ARGV[8],
+  agent_id=agent, requested_ms=NOW, expires_ms=expires_ms, status='pending',
+  request_event_id=event_id})
+redis.call('HSET', K_APPROVALS, aid, record)
+redis.call('HINCRBY', K_META, 'approvals_pending', 1)
+if redis.call('PTTL', K_APPROVALS) == -1 then
+  -- created between two expiry refreshes: it must not outlive its session
+  redis.call('PEXPIRE', K_APPROVALS, RETENTION)
+end
+idx('ZADD', 'approvals', NOW, SID .. '\0' .. aid)
+return {1, record}
+"""
+
+# ARGV[5] approval id, [6] '1' approve, '0' reject, 'x' only expire it if its time has passed,
+# [7] by, [8] message JSON, [9] edited args JSON ('' = none).
+# Returns {1, record} decided now, {3, record} expired now, {2, record} still pending ('x'),
+# {0, 'decided', record} decided (or expired) before, {0, 'unknown', ''}.
+DECIDE_APPROVAL = r"""
+local aid = ARGV[5]
+local raw = redis.call('HGET', K_APPROVALS, aid)
+if not raw then return {0, 'unknown', ''} end
+local rec = cjson.decode(raw)
+if rec.status ~= 'pending' then return {0, 'decided', raw} end
+local expired = type(rec.expires_ms) == 'number' and NOW >= rec.expires_ms
+if ARGV[6] == 'x' and not expired then return {2, raw} end
+local data
+local source = ''
+if expired then
+  rec.status = 'expired'
+  data = '{"approval_id":' .. jstr(aid) .. ',"approved":false,"expired":true,"by":null,"message":null,"args":null,"action":' .. jstr(rec.action) .. '}'
+else
+  local approved = ARGV[6] == '1'
+  rec.status = approved and 'approved' or 'rejected'
+  rec.decided_by = ARGV[7]
+  rec.message_json = ARGV[8]
+  local args = 'null'
+  if ARGV[9] ~= '' then
+    rec.decided_args_json = ARGV[9]
+    args = ARGV[9]
+  end
+  source = ARGV[7]
+  data = '{"approval_id":' .. jstr(aid) .. ',"approved":' .. tostring(approved) .. ',"by":' .. jstr(ARGV[7]) .. ',"message":' .. ARGV[8] .. ',"args":' .. args .. ',"action":' .. jstr(rec.action) .. '}'
+end
+rec.decided_ms = NOW
+rec.decision_event_id = emit('approval_decided', data, source, nil)
+local record = cjson.encode(rec)
+redis.call('HSET', K_APPROVALS, aid, record)
+if (tonumber(meta('approvals_pending')) or 0) > 0 then
+  redis.call('HINCRBY', K_META, 'approvals_pending', -1)
+end
+idx('ZREM', 'approvals', SID .. '\0' .. aid)
+if expired then return {3, record} end
+return {1, record}
+"""
+
+# Saved runs (``SessionKeys.runs``): no event, the session's expiry. ARGV[5] 'set', 'claim' or
+# 'del'; [6] name; [7] the value (set) or the claimant's record (claim). A claim is taken once.
+RUNS = r"""
+local op, name = ARGV[5], ARGV[6]
+if op == 'del' then return redis.call('HDEL', K_RUNS, name, name .. '#claim') end
+local done
+if op == 'set' then
+  redis.call('HSET', K_RUNS, name, ARGV[7])
+  redis.call('HDEL', K_RUNS, name .. '#claim')
+  done = 1
+else
+  if redis.call('HEXISTS', K_RUNS, name) == 0 then return -1 end
+  done = redis.call('HSETNX', K_RUNS, name .. '#claim', ARGV[7])
+end
+redis.call('PEXPIRE', K_RUNS, RETENTION)
+return done
 """
 
 # Index keys only. KEYS: agents, seen. ARGV: agent id, load JSON or '', now-independent.
@@ -503,6 +604,9 @@ takeover_script = SessionScript("takeover", TAKEOVER)
 handback_script = SessionScript("handback", HANDBACK)
 update_state_script = SessionScript("update_state", UPDATE_STATE)
 clear_session_script = SessionScript("clear_session", CLEAR_SESSION)
+request_approval_script = SessionScript("request_approval", REQUEST_APPROVAL)
+decide_approval_script = SessionScript("decide_approval", DECIDE_APPROVAL)
+runs_script = SessionScript("runs", RUNS)
 heartbeat_script = Script("heartbeat", HEARTBEAT)
 apply_index_script = Script("apply_index", APPLY_INDEX)
 # Reads several hashes of one session (one slot) atomically; a Cluster pipeline cannot MULTI.
