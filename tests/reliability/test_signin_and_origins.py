@@ -32,8 +32,16 @@ from ..browser.conftest import (  # noqa: F401  (live_database: server_env needs
     in_plain_thread,
     live_database,
 )
-from ..conftest import delete_namespace
+from ..conftest import delete_namespace, redis_url_of_kind
 from ..web.conftest import coordination_settings  # noqa: F401
+
+
+@pytest.fixture
+def redis_url(request):
+    """Single server unless a test asks for ``cluster`` (the throttle's keys span slots)."""
+    request.param = getattr(request, "param", "single")
+    return redis_url_of_kind(request)
+
 
 FAST_HASHER = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # in-process tests only
 RIGHT = "pw-right-123456"
@@ -78,7 +86,8 @@ def test_look_alike_usernames_reach_the_user_and_share_one_count(user, figures):
     )
 
 
-def test_one_username_is_limited_across_addresses(user, db, figures):
+@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
+def test_one_username_is_limited_across_addresses(user, redis_url, figures):
     client = Client()
     for n in range(FAILURES_PER_USERNAME - 1):
         assert sign_in(client, "sup", "wrong", f"203.0.113.{n + 1}").status_code == 200
