@@ -97,3 +97,67 @@ async def test_the_active_relay_prunes_expired_sessions_from_the_index(
         assert (await index.list_sessions()).sessions == []
     finally:
         await relay.stop(task)
+
+
+async def test_feed_entries_written_around_the_core_are_relayed_safely_or_skipped(
+    redis_url, namespace, coordination_settings
+):
+    """On one server and on a Cluster: entries XADDed by hand (bytes that are not UTF-8, a lone
+    surrogate in the JSON, a payload that is not an object, no session) neither stop the relay
+    nor reach the layer as something it cannot send; later events are relayed."""
+    from coordination.core.connection import new_client
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(session_group("s-poison"), channel)
+    index = SessionIndex(redis_url, namespace=namespace)
+    relay = Relay(index, lease_ttl=1.0, flush_interval=0.05, worker_id="w")
+    task = asyncio.create_task(relay.run())
+    raw = new_client(redis_url)
+    try:
+        await eventually(lambda: relay.is_leader, "the relay to take the lease")
+        for fields in (
+            {"s": "s-poison", "e": "1-1", "t": "message", "d": '{"x": "\\ud800"}'},
+            {"s": "s-poison", "e": "1-2", "t": b"\xff\xfe", "d": "[1, 2]"},
+            {"s": b"s-\xed\xa0\x80", "e": "1-3", "t": "message", "d": "{}"},
+            {"e": "1-4"},
+        ):
+            await raw.xadd(index.keys.feed, fields)
+        event = await AgentCoordinator("s-poison", redis_url, namespace=namespace).publish(
+            EventType.MESSAGE, {"after": "poison"}
+        )
+        got = await receive_until(layer, channel, 3)
+        assert [m["id"] for m in got] == ["1-1", "1-2", event.id]
+        assert "\ufffd" in got[0]["html"] and "\ufffd" in got[1]["html"]
+        assert relay.restarts == 0 and relay.skipped == 2 and not task.done()
+    finally:
+        await relay.stop(task)
+        await raw.aclose()
+        await layer.group_discard(session_group("s-poison"), channel)
+
+
+async def test_a_cursor_overwritten_with_garbage_restarts_from_the_newest_entry(
+    redis_url, namespace, coordination_settings, redis_sync
+):
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(session_group("s-cursor"), channel)
+    index = SessionIndex(redis_url, namespace=namespace)
+    coord = AgentCoordinator("s-cursor", redis_url, namespace=namespace)
+    await coord.publish(EventType.MESSAGE, {"n": "before"})
+    redis_sync.set(f"{namespace}:{{relay}}:cursor", "not-a-stream-id")
+    relay = Relay(index, lease_ttl=1.0, flush_interval=0.05, worker_id="w")
+    task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: relay.is_leader, "the relay to take the lease")
+        await eventually(
+            lambda: redis_sync.get(f"{namespace}:{{relay}}:cursor") != "not-a-stream-id",
+            "the relay to replace the cursor",
+        )
+        event = await coord.publish(EventType.MESSAGE, {"n": "after"})
+        got = await receive_until(layer, channel, 1)
+        assert [m["id"] for m in got] == [event.id]  # not the one before, not a crash
+        assert relay.restarts == 0
+    finally:
+        await relay.stop(task)
+        await layer.group_discard(session_group("s-cursor"), channel)
