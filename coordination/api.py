@@ -22,12 +22,18 @@ from ninja.security import HttpBearer
 from . import interventions
 from .actions import PERMISSION, dispatch
 from .core.errors import CoordinationError, InvalidSessionId, RedisUnavailable
+from .core.events import decode_stored_json
 from .core.keys import STATUSES, validate_session_id
+from .display import clean_deep, json_text
+from .fragments import read_state
 from .interventions import Actor, InterventionRefused
 from .models import ApiToken
 from .services import coordinator, session_index
 
 MAX_TOKEN_LENGTH = 200
+# One response's payloads (an events page, a session's state) stop past this many bytes.
+API_RESPONSE_BYTES = 8 * 1024 * 1024
+MAX_STATE_KEYS = 1000
 MAX_BULK = 100
 
 Status = Literal["active", "waiting", "escalated", "human", "closed"]
@@ -270,8 +276,26 @@ async def session_detail(request, session_id: str):
     summary = await session_index().get_session(_session_id(session_id))
     if summary is None:
         return 404, {"detail": f"no session {session_id!r} (unknown or expired)"}
-    state = await coordinator(session_id).get_all_state()
-    return {**_as_dict(summary), "state": state}
+    return {**_as_dict(summary), "state": await _state(session_id)}
+
+
+async def _state(session_id: str) -> dict[str, Any]:
+    """The shared state, read without trusting it: a value that is not JSON (written straight
+    into Redis) is returned as ``{"(invalid value)": <text>, "why": ...}``; past
+    ``API_RESPONSE_BYTES`` in all, values are left out and say so."""
+    values, _versions, total = await read_state(session_id, MAX_STATE_KEYS)
+    state, budget = {}, API_RESPONSE_BYTES
+    for key in sorted(values):
+        raw = values[key]
+        budget -= len(raw)
+        if budget < 0:
+            state[key] = {"(omitted)": f"{len(raw)} characters, past this response's limit"}
+            continue
+        value, why = decode_stored_json(raw)
+        state[key] = value if why is None else {"(invalid value)": value, "why": why}
+    if total > len(values):
+        state["(omitted)"] = f"{total - len(values)} more keys"
+    return clean_deep(state)
 
 
 @api.get(
@@ -292,14 +316,35 @@ async def session_events(
     events = await coord.events(after=after, limit=limit)
     if not events and await session_index().get_session(session_id) is None:
         return 404, {"detail": f"no session {session_id!r} (unknown or expired)"}
-    next_after = events[-1].id if len(events) == limit else None
-    return {"items": [e.as_dict() for e in events], "next_after": next_after}
+    # Bounded in bytes as well as in events: a page stops once its payloads pass
+    # API_RESPONSE_BYTES (always at least one event), and next_after continues from there.
+    items, budget = [], API_RESPONSE_BYTES
+    for event in events:
+        if items and budget < 0:
+            break
+        item = clean_deep(event.as_dict())
+        item["type"] = item["type"] if isinstance(item["type"], str) else str(item["type"])
+        budget -= len(json_text(item["data"], tight=True))
+        items.append(item)
+    more = len(items) < len(events) or len(events) == limit
+    return {"items": items, "next_after": items[-1]["id"] if more else None}
 
 
 @api.get("/agents/", response={200: list[AgentOut], 401: ErrorOut, 503: ErrorOut}, tags=["agents"])
 async def agents(request):
-    """Agents seen by heartbeat or events, most recent first."""
-    return await session_index().agents()
+    """Agents seen by heartbeat or events, most recent first. Presence fields are normalised
+    by the index (a capability that is not a string is shown as ``(invalid: ...)``)."""
+    return [
+        {
+            "agent_id": a.agent_id,
+            "capabilities": a.capabilities,
+            "load": a.load,
+            "last_seen": a.last_seen,
+            "sessions_held": a.sessions_held,
+            "stale": a.stale,
+        }
+        for a in await session_index().agents()
+    ]
 
 
 @api.get(

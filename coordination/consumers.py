@@ -12,6 +12,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.html import format_html
 
 from .core import CoordinationError, EventType, InvalidCursor, RedisUnavailable
 from .core.connection import UNAVAILABLE_ERRORS, redis_failures
@@ -36,11 +38,22 @@ log = logging.getLogger(__name__)
 
 REPLAY_LIMIT = 5000
 BUFFER_LIMIT = 10_000
+# Bounds in bytes of rendered rows (each row's payload is already cut, see coordination.display):
+# one frame, one replay, and the live rows held until the page says where to resume.
+FRAME_BYTES = 256 * 1024
+REPLAY_BYTES = 2 * 1024 * 1024
+BUFFER_BYTES = 4 * 1024 * 1024
+REPLAY_PAGE = 25  # events read per round trip while replaying (each at most the payload limit)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_BAD_REQUEST = 4400
 CLOSE_TRY_AGAIN = 1013  # the htmx ws extension reconnects after 1006, 1011, 1012 and 1013
 REDIS_CHECK_SECONDS = 3.0
 REDIS_CHECK_TIMEOUT = 2.0
+
+
+def _size(item: dict) -> int:
+    """Bytes a rendered row takes in a frame (rows hold any text an agent wrote)."""
+    return len(item["html"].encode("utf-8"))
 
 
 class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
@@ -192,6 +205,7 @@ class SessionConsumer(LoginRequiredConsumer):
         self.last_sent: tuple[int, int] | None = None
         self.resumed = False
         self.buffer: list[dict] = []
+        self.buffer_bytes = 0
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 
@@ -209,20 +223,57 @@ class SessionConsumer(LoginRequiredConsumer):
             await self.send_json({"error": str(exc)})
             return
         self.last_sent = parse_event_id(after)
-        events = await coordinator(self.session_id).events(after=after, limit=REPLAY_LIMIT)
-        await self._send_events([event_item(e) for e in events], refresh=bool(events))
-        buffered, self.buffer, self.resumed = self.buffer, [], True
+        items, gap = await self._replay_items()
+        if gap:
+            await self.send(text_data=self._gap_notice(items[0]["id"]))
+        await self._send_events(items, refresh=bool(items))
+        buffered, self.buffer, self.buffer_bytes, self.resumed = self.buffer, [], 0, True
         await self._send_events(buffered, refresh=False)
+
+    async def _replay_items(self) -> tuple[list[dict], bool]:
+        """The rows the page missed after ``last_sent``, oldest first, at most ``REPLAY_BYTES``
+        of them: read newest first, a page at a time, so a replay costs what it sends, not
+        what the session holds. True as well when older missed events were left out."""
+        coord = coordinator(self.session_id)
+        items: list[dict] = []
+        budget, before = REPLAY_BYTES, None
+        while len(items) < REPLAY_LIMIT:
+            events = await coord.events(newest_first=True, limit=REPLAY_PAGE, before=before)
+            for event in events:
+                if self.last_sent is not None and parse_event_id(event.id) <= self.last_sent:
+                    return items[::-1], False
+                item = event_item(event)
+                budget -= _size(item)
+                if budget < 0 and items:
+                    return items[::-1], True
+                items.append(item)
+            if len(events) < REPLAY_PAGE:
+                break
+            before = events[-1].id
+        return items[::-1], len(items) >= REPLAY_LIMIT
+
+    def _gap_notice(self, oldest_sent: str) -> str:
+        """Placed below the replayed rows: older missed events are on the timeline page."""
+        url = reverse("coordination:timeline", args=[self.session_id]) + f"?before={oldest_sent}"
+        return format_html(
+            '<ol hx-swap-oob="afterbegin:#timeline"><li class="muted replay-gap" role="note">'
+            "More events were missed while this page was away than a live update carries. "
+            '<a href="{}">Show the older ones</a> or reload the page.</li></ol>',
+            url,
+        )
 
     async def session_events(self, message):
         if not self.resumed:
-            if len(self.buffer) < BUFFER_LIMIT:
+            size = sum(_size(item) for item in message["events"])
+            if len(self.buffer) < BUFFER_LIMIT and self.buffer_bytes + size <= BUFFER_BYTES:
                 self.buffer.extend(message["events"])
+                self.buffer_bytes += size
             return  # beyond the limit the replay from Redis covers it
         await self._send_events(message["events"], refresh=True)
 
     async def _send_events(self, items: list[dict], *, refresh: bool) -> None:
-        """Send the items (id, type, rendered row) not sent yet, newest on top."""
+        """Send the items (id, type, rendered row) not sent yet, newest on top, in frames of
+        at most ``FRAME_BYTES`` of rows (a single larger row goes alone)."""
         fresh = []
         for item in items:
             key = parse_event_id(item["id"])
@@ -232,17 +283,27 @@ class SessionConsumer(LoginRequiredConsumer):
             fresh.append(item)
         if not fresh:
             return
-        rows = "".join(item["html"] for item in reversed(fresh))
-        parts = [
-            f'<ol hx-swap-oob="afterbegin:#timeline">{rows}</ol>',
-            '<li id="timeline-empty" hx-swap-oob="delete"></li>',
-        ]
+        frames: list[list[dict]] = [[]]
+        size = 0
+        for item in fresh:  # oldest first: each frame goes on top of the one before
+            if frames[-1] and size + _size(item) > FRAME_BYTES:
+                frames.append([])
+                size = 0
+            frames[-1].append(item)
+            size += _size(item)
+        for i, frame in enumerate(frames):
+            rows = "".join(item["html"] for item in reversed(frame))
+            parts = [f'<ol hx-swap-oob="afterbegin:#timeline">{rows}</ol>']
+            if i == 0:
+                parts.append('<li id="timeline-empty" hx-swap-oob="delete"></li>')
+            await self.send(text_data="".join(parts))
         types = {e["type"] for e in fresh}
         if refresh and (
             types & {t.value for t in SUMMARY_EVENTS} or EventType.STATE_CHANGED.value in types
         ):
-            parts.append(await self._render_header())
-        await self.send(text_data="".join(parts))
+            header = await self._render_header()
+            if header:
+                await self.send(text_data=header)
 
     async def session_audit(self, message):
         """A supervisor acted on this session (from any process): redraw the audit trail."""

@@ -13,9 +13,17 @@ from asgiref.sync import sync_to_async
 from django.template.loader import render_to_string
 
 from .core import STATUSES, Event, EventType, SessionIndex, SessionSummary
+from .core.events import decode_stored_json, is_stream_id
+from .display import PAYLOAD_DISPLAY_BYTES, payload_display, payload_query, short_text
 from .services import coordinator, session_index
 
 TIMELINE_PAGE = 50
+# The state table shows this many keys at most (each value cut like an event's payload).
+STATE_ROWS = 100
+# ... and this many bytes of their values in all (past it, each value shows its first bytes).
+STATE_BYTES = 256 * 1024
+MIN_STATE_BYTES = 512
+EVENT_TYPE_CHARS = 64
 SESSIONS_PAGE = 50
 # Events that change what the session header shows (status, owner, claim).
 SUMMARY_EVENTS = {
@@ -75,24 +83,30 @@ def dom_id(session_id: str) -> str:
 
 
 def event_context(event: Event | dict) -> dict[str, Any]:
+    """What a timeline row shows. Every field was written by an agent (possibly straight into
+    Redis), so each is cleaned and bounded here (see ``display``): any event can be rendered."""
     if isinstance(event, dict):
-        data = event
-        etype = str(data["type"])
-        return {
-            "id": data["id"],
-            "type": etype,
-            "data": data["data"],
-            "source": data.get("source"),
-            "timestamp": data["timestamp"],
-            "session_id": data["session_id"],
+        fields = event
+    else:
+        fields = {
+            "id": event.id,
+            "type": str(event.type),
+            "data": event.data,
+            "source": event.source,
+            "timestamp": event.timestamp,
+            "session_id": event.session_id,
         }
+    event_id = fields.get("id") if is_stream_id(fields.get("id")) else "0-0"
+    session_id = short_text(fields.get("session_id")) or ""
+    timestamp = fields.get("timestamp")
     return {
-        "id": event.id,
-        "type": str(event.type),
-        "data": event.data,
-        "source": event.source,
-        "timestamp": event.timestamp,
-        "session_id": event.session_id,
+        "id": event_id,
+        "type": short_text(fields.get("type"), EVENT_TYPE_CHARS) or "",
+        "source": short_text(fields.get("source")),
+        "timestamp": timestamp if isinstance(timestamp, (int, float)) else None,
+        "session_id": session_id,
+        "payload": payload_display(fields.get("data")),
+        "payload_query": payload_query(session_id, event_id=event_id),
     }
 
 
@@ -148,14 +162,60 @@ def render_session_row(
 
 async def header_context(session_id: str, summary: SessionSummary) -> dict[str, Any]:
     """What the session page's live header shows: the summary and the shared state."""
-    state, agents = await asyncio.gather(
-        coordinator(session_id).get_state_versions(), session_index().agents(limit=200)
+    (state, state_more), agents = await asyncio.gather(
+        state_rows(session_id), session_index().agents(limit=200)
     )
     return {
         "s": summary,
-        "state": [(k, v, ver) for k, (v, ver) in state.items()],
+        "state": state,
+        "state_more": state_more,
         "agents_online": [a for a in agents if not a.stale],
     }
+
+
+async def read_state(session_id: str, max_keys: int) -> tuple[dict[str, str], dict[str, str], int]:
+    """The raw state and versions hashes (at most ``max_keys`` keys) and the number of keys.
+    Read raw, not through ``get_state_versions``, so one malformed value (written straight into
+    Redis) is shown as such instead of failing the whole read."""
+    coord = coordinator(session_id)
+    keys = coord.keys.session(session_id)
+    total = await coord.call(coord.redis.hlen(keys.state))
+    if total <= max_keys:
+        values, versions = await coord.read_hashes(keys.state, keys.versions)
+        return values, versions, len(values)
+    _, values = await coord.call(coord.redis.hscan(keys.state, 0, count=max_keys))
+    names = sorted(values)[:max_keys]
+    values = {k: values[k] for k in names}
+    found = await coord.call(coord.redis.hmget(keys.versions, names)) if names else []
+    return values, {k: v for k, v in zip(names, found, strict=True) if v is not None}, total
+
+
+async def state_rows(session_id: str) -> tuple[list[dict[str, Any]], int]:
+    """The shared-state table's rows, each value cut to ``PAYLOAD_DISPLAY_BYTES``, at most
+    ``STATE_ROWS`` keys; and how many keys were left out."""
+    values, versions, total = await read_state(session_id, STATE_ROWS)
+    rows = []
+    budget = STATE_BYTES
+    for key in sorted(values)[:STATE_ROWS]:
+        value, why = decode_stored_json(values[key])
+        if why is not None:
+            value = {"(invalid value)": value, "why": why}
+        version = versions.get(key)
+        shown = payload_display(
+            value, limit=max(MIN_STATE_BYTES, min(PAYLOAD_DISPLAY_BYTES, budget))
+        )
+        budget -= len(shown["body"])
+        rows.append(
+            {
+                "key": short_text(key),
+                "payload": shown,
+                "version": version
+                if version is None or version.isdigit()
+                else short_text(version, 40),
+                "payload_query": payload_query(session_id, key=key),
+            }
+        )
+    return rows, max(0, total - len(rows))
 
 
 @sync_to_async

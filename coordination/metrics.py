@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .core import EventType
 from .core.connection import redis_failures
+from .core.events import is_stream_id
 from .core.index import MAX_PAGE
 from .live import Relay, parse_event_id
 from .services import session_index
@@ -64,7 +65,7 @@ async def gather_families() -> list:
         sessions.add_metric([status], count)
     waiting = longest_waiting[0].escalated_at if longest_waiting else None
     lag_ms = 0.0
-    if cursor and newest != "0-0":
+    if is_stream_id(cursor) and newest != "0-0":  # anyone with REDIS_URL can SET the cursor
         lag_ms = max(0, parse_event_id(newest)[0] - parse_event_id(cursor)[0])
     return [
         sessions,

@@ -14,6 +14,8 @@ urlpatterns = [
     path("sessions/<path:session_id>/", views.session_detail, name="session"),
     path("timeline/<path:session_id>/", views.timeline, name="timeline"),
     path("agents/", views.agents, name="agents"),
+    # one event's payload or state value, whole: ?session=<id>&event=<id> or &key=<key>
+    path("payload/", views.payload, name="payload"),
     path("act-bulk/", actions.bulk, name="bulk"),
     path("act/<slug:action>/<path:session_id>/", actions.act, name="act"),
     path("escalations/claim-next/", actions.claim_next, name="claim_next"),

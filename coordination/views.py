@@ -19,7 +19,9 @@ from . import saved_filters
 from .actions import BULK_ACTIONS
 from .core import InvalidCursor, InvalidSessionId, RedisUnavailable, redact_url
 from .core.connection import UNAVAILABLE_ERRORS
+from .core.events import decode_stored_json, event_from_fields, is_stream_id
 from .core.keys import validate_session_id
+from .display import cut_bytes, json_text, short_text
 from .fragments import (
     SESSIONS_PAGE,
     TIMELINE_PAGE,
@@ -165,6 +167,55 @@ async def agents(request: HttpRequest) -> HttpResponse:
         "coordination/agents.html#agents-table" if _is_htmx(request) else "coordination/agents.html"
     )
     return render(request, template, context)
+
+
+@require_GET
+async def payload(request: HttpRequest) -> HttpResponse:
+    """One event's payload (``?session=&event=``) or one state value (``?session=&key=``),
+    whole: the timeline and the state table cut large values and link here. Escaped like any
+    page, and bounded by the core's payload limit (a value written around the core is cut)."""
+    session_id = request.GET.get("session", "")
+    event_id, key = request.GET.get("event"), request.GET.get("key")
+    try:
+        validate_session_id(session_id)
+    except InvalidSessionId as exc:
+        return HttpResponseBadRequest(f"Bad session id: {exc}", content_type="text/plain")
+    coord = coordinator(session_id)
+    keys = coord.keys.session(session_id)
+    if event_id is not None:
+        if not is_stream_id(event_id):
+            return HttpResponseBadRequest(
+                "Bad event id: expected one like '1700000000000-0'", content_type="text/plain"
+            )
+        rows = await coord.call(coord.redis.xrange(keys.events, event_id, event_id, count=1))
+        if not rows:
+            raise Http404(f"No event {event_id} in session {session_id!r} (or it expired).")
+        event = event_from_fields(session_id, rows[0][0], rows[0][1])
+        value, why, what = event.data, event.extra.get("invalid"), f"Payload of event {event_id}"
+    elif key is not None:
+        raw = await coord.call(coord.redis.hget(keys.state, key))
+        if raw is None:
+            raise Http404(f"No state key {key!r} in session {session_id!r}.")
+        value, why = decode_stored_json(raw)
+        what = f"State value {short_text(key)}"
+    else:
+        return HttpResponseBadRequest("Name an event or a state key.", content_type="text/plain")
+    limit = coord.max_payload_bytes
+    text = json_text(value, pretty=True)
+    if len(text.encode("utf-8")) > limit:
+        text = json_text(value, tight=True)
+    size = len(text.encode("utf-8"))
+    text, cut = cut_bytes(text, limit)
+    context = {
+        "session_id": session_id,
+        "what": what,
+        "why": why,
+        "text": text,
+        "size": size,
+        "cut": cut,
+        "limit": limit,
+    }
+    return render(request, "coordination/payload.html", context)
 
 
 def _database_ok() -> bool:

@@ -174,6 +174,11 @@ def shared_client(redis_url: str | None = None) -> aioredis.Redis:
     return client
 
 
+# Anyone holding REDIS_URL can store bytes that are not UTF-8; decoding them strictly would make
+# every read of that key raise. Replaced (U+FFFD), they are shown as what they are.
+ENCODING_ERRORS = "replace"
+
+
 def _timeouts() -> dict[str, float]:
     # read at call time, so tests (and embedders) may lower SOCKET_TIMEOUT
     return {
@@ -195,6 +200,7 @@ def new_client(redis_url: str | None = None) -> aioredis.Redis:
                 password=target.password,
                 ssl=target.tls,
                 decode_responses=True,
+                encoding_errors=ENCODING_ERRORS,
                 **_timeouts(),
             )
         elif target.kind == "sentinel":
@@ -206,7 +212,13 @@ def new_client(redis_url: str | None = None) -> aioredis.Redis:
                 options["connection_class"] = FastConnection
             elif scheme == "rediss":
                 options["connection_class"] = FastSSLConnection
-            client = aioredis.Redis.from_url(url, **options, decode_responses=True, **_timeouts())
+            client = aioredis.Redis.from_url(
+                url,
+                **options,
+                decode_responses=True,
+                encoding_errors=ENCODING_ERRORS,
+                **_timeouts(),
+            )
     except (ValueError, RedisClusterException) as exc:
         raise RedisUnavailable(redact_url(url), f"bad URL ({exc})") from None
     if target.kind != "single":  # a single server's URL is rebuilt from its pool (no query)
@@ -238,7 +250,12 @@ def new_sync_client(redis_url: str | None = None, **options):
 def _sentinel_primary(target: RedisTarget, sentinel_class, redis_class, **options):
     auth = {"username": target.username, "password": target.password}
     tls = {"ssl": True} if target.tls else {}
-    options = {"decode_responses": True, **_timeouts(), **options}
+    options = {
+        "decode_responses": True,
+        "encoding_errors": ENCODING_ERRORS,
+        **_timeouts(),
+        **options,
+    }
     options.pop("health_check_interval", None)
     sentinel = sentinel_class(
         list(target.nodes),

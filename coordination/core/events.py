@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -98,21 +99,75 @@ class Event:
         }
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# Over this many characters a stored payload is not decoded at all (the core writes at most
+# ``max_payload_bytes``; anything much larger was written around it, straight into Redis).
+MAX_STORED_PAYLOAD_CHARS = 16 * DEFAULT_MAX_PAYLOAD_BYTES
+INVALID_PAYLOAD_KEY = "(invalid payload)"
+
+
+def clean_text(value: str) -> str:
+    """``value`` with lone surrogates replaced by U+FFFD. JSON's ``"\\ud800"`` escapes decode
+    to them, and they cannot be encoded as UTF-8: a page or a frame holding one fails."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", value)
+    return value
+
+
+def decode_stored_json(raw: str | None, default: Any = None) -> tuple[Any, str | None]:
+    """Decode JSON read from Redis without trusting it: ``(value, None)``, or ``(raw text,
+    reason)`` when it is not JSON (agents can write any key directly)."""
+    if raw is None or raw == "":
+        return default, None
+    if len(raw) > MAX_STORED_PAYLOAD_CHARS:
+        return raw[:1000], f"{len(raw)} characters, more than any value the core writes"
+    try:
+        return json.loads(raw), None
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        return raw, f"not JSON ({type(exc).__name__})"
+
+
+def _timestamp(entry_id: str) -> float:
+    try:
+        return int(entry_id.split("-", 1)[0]) / 1000.0
+    except (ValueError, OverflowError):
+        return 0.0
+
+
 def event_from_fields(session_id: str, entry_id: str, fields: dict[str, str]) -> Event:
-    """Build an ``Event`` from a stream entry written by the core's scripts."""
+    """Build an ``Event`` from a stream entry, whoever wrote it. Entries written around the
+    core (raw XADD) may hold anything: a payload that is not a JSON object is kept under
+    ``INVALID_PAYLOAD_KEY`` (and ``extra["invalid"]`` says why), never raised."""
     raw_type = fields.get("t", "")
+    raw_type = raw_type if isinstance(raw_type, str) else str(raw_type)
     try:
         etype: EventType | str = EventType(raw_type)
     except ValueError:
         etype = raw_type  # written by a newer version: keep it readable, never drop it
+    data, why = decode_stored_json(fields.get("d"), {})
+    if why is None and not isinstance(data, dict):
+        why = f"a JSON {type(data).__name__}, not an object"
+    extra: dict[str, Any] = {}
+    if why is not None:
+        data, extra = {INVALID_PAYLOAD_KEY: data}, {"invalid": why}
+    source = fields.get("src") or None
     return Event(
         id=entry_id,
         type=etype,
-        data=json.loads(fields.get("d") or "{}"),
+        data=data,
         session_id=session_id,
-        timestamp=int(entry_id.split("-", 1)[0]) / 1000.0,
-        source=fields.get("src") or None,
+        timestamp=_timestamp(entry_id),
+        source=source if isinstance(source, str) or source is None else str(source),
+        extra=extra,
     )
+
+
+def is_stream_id(value: object) -> bool:
+    """Whether ``value`` is a full stream entry id (``<ms>-<seq>``)."""
+    return isinstance(value, str) and bool(_STREAM_ID.match(value))
 
 
 def _check_json_value(value: Any, where: str) -> None:

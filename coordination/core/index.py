@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,8 +12,8 @@ from .approvals import Approval, approval_from_record, pending_count, queue_memb
 from .base import RedisBacked
 from .connection import is_cluster
 from .coordinator import validate_event_id
-from .errors import InvalidCursor
-from .events import Event, encode_json, event_from_fields
+from .errors import InvalidCursor, InvalidSessionId
+from .events import Event, clean_text, encode_json, event_from_fields, is_stream_id
 from .keys import STATUSES, validate_agent_id, validate_session_id
 from .scripts import clear_session_script, heartbeat_script
 
@@ -81,8 +82,94 @@ class FeedEntry:
     event: Event
 
 
+# Timestamps past this (the year 9999) cannot be shown as dates; they were not written by the core.
+MAX_TIMESTAMP = 253402300799.0
+# Presence records larger than this are not decoded (the core writes a few hundred bytes).
+MAX_PRESENCE_RECORD = 64 * 1024
+MAX_CAPABILITIES = 50
+MAX_CAPABILITY_CHARS = 100
+
+
+def _int(value: object) -> int | None:
+    """An integer read from Redis, or None if whatever is stored there is not one."""
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _seconds(value: float | None) -> float | None:
+    """Unix seconds, or None when not a time that can be shown (inf, negative, year > 9999)."""
+    if value is None or not math.isfinite(value) or not 0 <= value <= MAX_TIMESTAMP:
+        return None
+    return value
+
+
 def _ms(value: str | None) -> float | None:
-    return int(value) / 1000.0 if value else None
+    ms = _int(value) if value else None
+    return None if ms is None else _seconds(ms / 1000.0)
+
+
+def invalid_value(value: object, limit: int = 60) -> str:
+    """A value that is not what its field should hold, shown as what it is: ``(invalid: 5)``."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return clean_text(f"(invalid: {text if len(text) <= limit else text[: limit - 1] + '…'})")
+
+
+def presence_capabilities(value: object) -> list[str]:
+    """An agent's capabilities as a short list of short strings, whatever it announced:
+    items that are not strings (or a value that is not a list) are shown as invalid."""
+    if value is None or value == []:
+        return []
+    if not isinstance(value, list):
+        return [invalid_value(value)]
+    caps = []
+    for item in value[:MAX_CAPABILITIES]:
+        if not isinstance(item, str):
+            caps.append(invalid_value(item))
+        elif len(item) > MAX_CAPABILITY_CHARS:
+            caps.append(clean_text(item[: MAX_CAPABILITY_CHARS - 1]) + "…")
+        else:
+            caps.append(clean_text(item))
+    if len(value) > MAX_CAPABILITIES:
+        caps.append(f"(+{len(value) - MAX_CAPABILITIES} more)")
+    return caps
+
+
+def presence_load(value: object) -> float | int | str | None:
+    """A load is a finite number or absent; anything else is shown as invalid."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int) or math.isfinite(value):
+            return value if abs(value) < 1e15 else invalid_value(value)
+    return invalid_value(value)
+
+
+def presence_record(raw: str | None) -> tuple[dict[str, Any], str | None]:
+    """The stored presence record, or ``({}, why)`` when it is not a JSON object."""
+    if not raw:
+        return {}, None
+    if not isinstance(raw, str) or len(raw) > MAX_PRESENCE_RECORD:
+        return {}, f"(invalid: presence record of {len(raw)} characters)"
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}, invalid_value(raw)
+    if not isinstance(record, dict):
+        return {}, invalid_value(record)
+    return record, None
+
+
+def _valid_session_id(session_id: str) -> bool:
+    try:
+        validate_session_id(session_id)
+    except InvalidSessionId:
+        return False
+    return True
 
 
 def _summary(session_id: str, meta: dict[str, str], claim: dict[str, str]) -> SessionSummary:
@@ -99,9 +186,10 @@ def _summary(session_id: str, meta: dict[str, str], claim: dict[str, str]) -> Se
         escalated_at=_ms(meta.get("escalated_ms")),
         escalation_queue=meta.get("esc_queue") or None,
         claim_agent=claim.get("agent"),
-        claim_token=int(claim["token"]) if claim.get("token") else None,
+        # stored numbers are parsed defensively: anyone holding REDIS_URL can write these
+        claim_token=_int(claim.get("token")) if claim.get("token") else None,
         claim_expires_at=_ms(claim.get("expires")),
-        fence=int(meta.get("fence") or 0),
+        fence=_int(meta.get("fence")) or 0,
         pending_approvals=pending_count(meta),
     )
 
@@ -158,7 +246,9 @@ class SessionIndex(RedisBacked):
         rows = []
         for i, sid in enumerate(session_ids):
             meta, claim = replies[2 * i], replies[2 * i + 1]
-            if meta:  # expired sessions linger in the index until pruned; never show them
+            # expired sessions linger in the index until pruned; never show them, nor an id
+            # the core would refuse (written into the index around it)
+            if meta and _valid_session_id(sid):
                 rows.append(_summary(sid, meta, claim))
         return rows
 
@@ -357,7 +447,8 @@ class SessionIndex(RedisBacked):
     async def counters(self) -> dict[str, int]:
         """The monotonic counters (``events:<type>``, ``claims:won``, ...), since they began."""
         raw = await self.call(self.redis.hgetall(self.keys.counters))
-        return {field: int(value) for field, value in raw.items()}
+        counts = {field: _int(value) for field, value in raw.items()}
+        return {field: value for field, value in counts.items() if value is not None}
 
     async def add_to_counter(self, field: str, amount: int = 1) -> None:
         await self.call(self.redis.hincrby(self.keys.counters, field, amount))
@@ -377,7 +468,8 @@ class SessionIndex(RedisBacked):
         cutoff = (time.time() - WORKER_REPORT_TTL) * 1000
         live, stale = {}, []
         for worker_id, record in raw.items():
-            figures = json.loads(record)
+            figures, _why = presence_record(record)
+            figures = {k: v for k, v in figures.items() if type(v) is int}
             if figures.pop("ms", 0) < cutoff:
                 stale.append(worker_id)
             else:
@@ -406,15 +498,19 @@ class SessionIndex(RedisBacked):
         now = time.time()
         result = []
         for (agent_id, score), raw, count in zip(seen, records, held, strict=True):
-            record = json.loads(raw) if raw else {}
-            last_seen = score / 1000.0
+            # Agents write these records (and can write them straight into Redis): every
+            # field is normalised here, so one bad announcement cannot break a page.
+            record, invalid = presence_record(raw)
+            last_seen = _seconds(score / 1000.0) or 0.0
             result.append(
                 AgentPresence(
                     agent_id=agent_id,
-                    capabilities=list(record.get("capabilities") or []),
-                    load=record.get("load"),
+                    capabilities=(
+                        [invalid] if invalid else presence_capabilities(record.get("capabilities"))
+                    ),
+                    load=presence_load(record.get("load")),
                     last_seen=last_seen,
-                    sessions_held=count,
+                    sessions_held=int(count),
                     stale=now - last_seen > self.stale_after,
                     extra=record,
                 )
@@ -443,12 +539,15 @@ class SessionIndex(RedisBacked):
         )
         if not reply:
             return []
-        return [
-            FeedEntry(
-                feed_id, event_from_fields(fields.get("s", ""), fields.get("e", feed_id), fields)
+        entries = []
+        for feed_id, fields in reply[0][1]:
+            # an entry written around the core may name no valid event id: it keeps its place
+            event_id = fields.get("e")
+            event_id = event_id if is_stream_id(event_id) else feed_id
+            entries.append(
+                FeedEntry(feed_id, event_from_fields(fields.get("s", ""), event_id, fields))
             )
-            for feed_id, fields in reply[0][1]
-        ]
+        return entries
 
     async def latest_feed_id(self) -> str:
         newest = await self.call(self.redis.xrevrange(self.keys.feed, "+", "-", count=1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 
@@ -10,6 +9,8 @@ from django import template
 from django.utils.html import format_html
 
 from ..core import SessionSummary
+from ..display import clean_text, cut_chars, json_text, payload_display
+from ..session_urls import quote_segment
 from ..sla import is_over_sla, sla_deadline, sla_seconds
 
 register = template.Library()
@@ -41,9 +42,12 @@ def humanize_age(seconds: float) -> str:
 @register.simple_tag
 def reltime(timestamp: float | None) -> str:
     """``<time>`` with a relative label; app.js keeps the label current."""
-    if not timestamp:
+    if not timestamp or not isinstance(timestamp, (int, float)):
         return "—"
-    absolute = datetime.fromtimestamp(timestamp, tz=UTC)
+    try:  # stored times come from agents too: inf or the year 30000 cannot be shown
+        absolute = datetime.fromtimestamp(timestamp, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return "(invalid time)"
     return format_html(
         '<time datetime="{}" title="{}" data-ts="{}">{}</time>',
         absolute.isoformat(),
@@ -77,17 +81,33 @@ def sla_badge(summary: SessionSummary) -> str:
 
 @register.filter
 def pretty_json(value: object) -> str:
-    """Indented JSON text; the template escapes it like any other string."""
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    """Indented JSON text, cut to ``PAYLOAD_DISPLAY_BYTES``; the template escapes it like any
+    other string. Never raises, whatever an agent stored (see ``coordination.display``)."""
+    return payload_display(value)["body"]
 
 
 @register.filter
 def json_preview(value: object, length: int = 120) -> str:
     """One line of compact JSON, cut to ``length`` characters."""
-    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-    return text if len(text) <= length else text[: length - 1] + "…"
+    return cut_chars(json_text(value), length)
+
+
+@register.filter
+def clean(value: object) -> object:
+    """Text with lone surrogates replaced (a response holding one cannot be encoded)."""
+    return clean_text(value) if isinstance(value, str) else value
 
 
 @register.filter
 def ms(timestamp: float | None) -> int:
-    return int(timestamp * 1000) if timestamp else 0
+    try:
+        return int(timestamp * 1000) if timestamp else 0
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+@register.filter
+def session_segment(session_id: str) -> str:
+    """A session id as one URL path segment, for URLs ``{% url %}`` cannot build (the
+    websocket's); the same scheme as the ``sid`` converter (coordination/session_urls.py)."""
+    return quote_segment(session_id)

@@ -1,0 +1,259 @@
+"""Large values bounded in bytes: a session of 20 one-megabyte events must not turn into a
+76 MiB page or a 687 MiB websocket frame; the whole value stays one login-protected click
+away; a page that does not say where to resume cannot make the server hold unbounded rows."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.urls import reverse
+from django.utils.html import escape
+from playwright.sync_api import expect
+
+from coordination import AgentCoordinator, EventType
+from coordination.consumers import BUFFER_BYTES, FRAME_BYTES, REPLAY_BYTES, SessionConsumer
+from coordination.display import PAYLOAD_DISPLAY_BYTES
+from coordination.routing import websocket_urlpatterns
+
+from ..browser.conftest import (  # noqa: F401  (live_database: server_env needs it)
+    live_database,
+    page_factory,
+    wait_live,
+)
+from ..web.conftest import coordination_settings, supervisor, viewer  # noqa: F401
+
+MB = 1_000_000
+EVENTS = 20
+# A page of 20 such events, its header and chrome: each row shows at most PAYLOAD_DISPLAY_BYTES.
+PAGE_BOUND = 1024 * 1024
+# One replay: REPLAY_BYTES of rows, plus at most one row past it, the header and the notice.
+REPLAY_BOUND = REPLAY_BYTES + 256 * 1024
+FRAME_BOUND = FRAME_BYTES + 128 * 1024
+
+
+def publish_large(
+    redis_url: str, namespace: str, sid: str, n: int = EVENTS, size: int = MB, char: str = "x"
+):
+    async def go():
+        coord = AgentCoordinator(sid, redis_url, namespace=namespace)
+        ids = []
+        for i in range(n):
+            event = await coord.publish(EventType.MESSAGE, {"i": i, "blob": f"{i}-" + char * size})
+            ids.append(event.id)
+        await coord.set_state("big", "y" * size)
+        await coord.set_state("small", {"ok": True})
+        return ids
+
+    return async_to_sync(go)()
+
+
+@pytest.fixture
+def large_session(redis_url, namespace):
+    sid = "large-1"
+    return sid, publish_large(redis_url, namespace, sid)
+
+
+@pytest.mark.django_db
+def test_session_page_and_timeline_of_megabyte_events_stay_small(
+    client,
+    supervisor,  # noqa: F811
+    large_session,
+    figures,
+):
+    sid, ids = large_session
+    client.force_login(supervisor)
+    page = client.get(reverse("coordination:session", args=[sid]))
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert len(page.content) < PAGE_BOUND, len(page.content)
+    # every large event, the state_changed event of the big state value, and that value
+    assert body.count("Show the whole value") == EVENTS + 2
+    for event_id in ids:
+        assert f'data-event-id="{event_id}"' in body
+    timeline = client.get(reverse("coordination:timeline", args=[sid]))
+    assert timeline.status_code == 200 and len(timeline.content) < PAGE_BOUND
+    figures(
+        "session page of 20 events of 1 MB",
+        f"GET the session page (payload shown up to {PAYLOAD_DISPLAY_BYTES} bytes each)",
+        f"{len(page.content)} bytes (was 76 MiB); timeline {len(timeline.content)} bytes",
+    )
+
+
+@pytest.mark.django_db
+def test_the_whole_value_is_one_login_protected_click_away(
+    client,
+    viewer,  # noqa: F811
+    large_session,
+):
+    sid, ids = large_session
+    page = client.get(reverse("coordination:session", args=[sid]))
+    assert page.status_code == 302  # anonymous: to the login page
+    client.force_login(viewer)
+    body = client.get(reverse("coordination:session", args=[sid])).content.decode()
+    links = [u.replace("&amp;", "&") for u in re.findall(r'href="(/payload/\?[^"]+)"', body)]
+    assert len(links) == EVENTS + 2
+    newest = next(u for u in links if u.endswith(f"event={ids[-1]}"))
+    whole = client.get(newest)
+    assert whole.status_code == 200
+    text = whole.content.decode()
+    assert f"{EVENTS - 1}-" + "x" * MB in text  # the newest event, whole
+    assert len(whole.content) < 2 * MB + 64 * 1024  # bounded by the core's payload limit
+    state = client.get(f"/payload/?session={sid}&key=big")
+    assert state.status_code == 200 and "y" * MB in state.content.decode()
+    # an anonymous visitor, a bad event id, a missing one and a foreign session: never the value
+    client.logout()
+    anonymous = client.get(newest)
+    assert anonymous.status_code == 302 and "/login/" in anonymous["Location"]
+    client.force_login(viewer)
+    assert client.get(f"/payload/?session={sid}&event=nope").status_code == 400
+    assert client.get(f"/payload/?session={sid}&event=1-0").status_code == 404
+    assert client.get(f"/payload/?session=other&event={ids[0]}").status_code == 404
+    assert client.get("/payload/?session=%00").status_code == 400
+    assert client.get(f"/payload/?session={sid}").status_code == 400
+
+
+@pytest.mark.django_db
+def test_whole_value_view_escapes_what_it_shows(
+    client,
+    viewer,  # noqa: F811
+    redis_url,
+    namespace,
+):
+    async def go():
+        coord = AgentCoordinator("esc-1", redis_url, namespace=namespace)
+        return await coord.publish(EventType.MESSAGE, {"x": "<script>alert(1)</script>\ud800"})
+
+    event = async_to_sync(go)()
+    client.force_login(viewer)
+    response = client.get(f"/payload/?session=esc-1&event={event.id}")
+    text = response.content.decode("utf-8")
+    assert response.status_code == 200
+    assert "<script>alert(1)" not in text
+    assert escape("<script>alert(1)</script>\ufffd") in text
+
+
+def _replay(user, sid: str, resume: str = "0") -> list[str]:
+    """Frames a page gets after sending ``{"resume": resume}``, until the socket goes quiet."""
+
+    async def go() -> list[str]:
+        ws = WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/session/{sid}/")
+        ws.scope["user"] = user
+        connected, _ = await ws.connect()
+        assert connected
+        frames: list[str] = []
+        try:
+            await ws.send_json_to({"resume": resume})
+            async with asyncio.timeout(60):
+                # nothing more within 3 s: the replay is over
+                while not await ws.receive_nothing(timeout=3, interval=0.05):
+                    frames.append(await ws.receive_from(timeout=10))
+        finally:
+            await ws.disconnect()
+        return frames
+
+    return async_to_sync(go)()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_resume_from_zero_sends_bounded_frames(
+    supervisor,  # noqa: F811
+    large_session,
+    figures,
+):
+    sid, ids = large_session
+    frames = _replay(supervisor, sid)
+    sizes = [len(f.encode()) for f in frames]
+    text = "".join(frames)
+    assert all(f'data-event-id="{i}"' in text for i in ids)  # all 20 fit, cut
+    assert max(sizes) < FRAME_BOUND, sizes
+    assert sum(sizes) < REPLAY_BOUND, sum(sizes)
+    assert "replay-gap" not in text
+    figures(
+        "resume 0 on a session of 20 events of 1 MB",
+        '{"resume": "0"} on the session websocket',
+        f"{len(frames)} frames, largest {max(sizes)} bytes, {sum(sizes)} in all (was one 687 MiB frame)",
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_past_its_budget_stops_and_points_to_the_timeline(
+    supervisor,  # noqa: F811
+    redis_url,
+    namespace,
+    figures,
+):
+    # rows that escape to four times their size ("<" is "&lt;"): 16 kB each becomes ~64 kB
+    sid = "many-1"
+    ids = publish_large(redis_url, namespace, sid, n=60, size=PAYLOAD_DISPLAY_BYTES, char="<")
+    frames = _replay(supervisor, sid)
+    sizes = [len(f.encode()) for f in frames]
+    text = "".join(frames)
+    assert max(sizes) < FRAME_BOUND and sum(sizes) < REPLAY_BOUND, (max(sizes), sum(sizes))
+    assert f'data-event-id="{ids[-1]}"' in text  # the newest are the ones replayed
+    assert f'data-event-id="{ids[0]}"' not in text
+    assert "replay-gap" in frames[0]  # sent first, so it sits below the replayed rows
+    sent = re.findall(r'data-event-id="([^"]+)"', text)
+    oldest = min(sent, key=lambda i: tuple(map(int, i.split("-"))))
+    assert f"?before={oldest}" in frames[0]
+    figures(
+        "replay past its byte budget",
+        f"resume 0 on 60 events whose rows are ~{PAYLOAD_DISPLAY_BYTES} bytes before escaping",
+        f"{len(sent)} newest rows in {len(frames)} frames, {sum(sizes)} bytes, then a link to the timeline",
+    )
+
+
+async def test_rows_held_before_the_page_resumes_are_bounded_in_bytes():
+    consumer = SessionConsumer()
+    consumer.resumed, consumer.buffer, consumer.buffer_bytes = False, [], 0
+    row = {"id": "1-0", "type": "message", "html": "<li>" + "x" * 100_000 + "</li>"}
+    for i in range(200):  # 20 MB offered while the page has not said where to resume
+        await consumer.session_events({"events": [{**row, "id": f"{i + 1}-0"}]})
+    assert consumer.buffer_bytes <= BUFFER_BYTES
+    assert sum(len(r["html"]) for r in consumer.buffer) == consumer.buffer_bytes
+
+
+@pytest.mark.browser
+def test_a_large_session_in_the_browser(asgi_server, page_factory, core, sid, figures):  # noqa: F811
+    for i in range(EVENTS):
+        core.publish(sid, EventType.MESSAGE, {"i": i, "blob": "z" * MB})
+    page = page_factory(asgi_server.url)
+    response = page.goto(f"{asgi_server.url}{reverse('coordination:session', args=[sid])}")
+    size = len(response.body())
+    assert size < PAGE_BOUND
+    wait_live(page)
+    # a second socket of the page's origin asks for everything, as an attacker would
+    measured = page.evaluate(
+        """(path) => new Promise((resolve) => {
+            const ws = new WebSocket(`ws://${location.host}${path}`);
+            const sizes = [];
+            let quiet;
+            const done = () => { ws.close(); resolve(sizes); };
+            ws.onopen = () => ws.send(JSON.stringify({resume: "0"}));
+            ws.onmessage = (m) => {
+                sizes.push(new Blob([m.data]).size);
+                clearTimeout(quiet);
+                quiet = setTimeout(done, 2000);
+            };
+            setTimeout(done, 30000);
+        })""",
+        f"/ws/session/{sid}/",
+    )
+    assert measured and max(measured) < FRAME_BOUND and sum(measured) < REPLAY_BOUND
+    core.publish(sid, EventType.MESSAGE, {"live": "y" * MB})
+    expect(page.locator("#timeline .event")).to_have_count(EVENTS + 1, timeout=15_000)
+    newest = page.locator("#timeline .event").first
+    expect(newest.locator(".whole-value a")).to_have_text("Show the whole value")
+    href = newest.locator(".whole-value a").get_attribute("href")
+    whole = page.context.request.get(f"{asgi_server.url}{href}")
+    assert whole.status == 200 and "y" * MB in whole.text()
+    figures(
+        "a session of 20 events of 1 MB in Chromium",
+        'page load, a second socket sending {"resume": "0"}, one more 1 MB event live',
+        f"page {size} bytes; replay {len(measured)} frames, largest {max(measured)}, total "
+        f"{sum(measured)} bytes; the live row cut, its whole value one click away",
+    )
