@@ -14,12 +14,15 @@ from django.urls import path, reverse
 
 from .auth import throttle_login
 from .core import DELETE, CoordinationError, InvalidCursor, InvalidSessionId, VersionConflict
+from .core.events import encode_json
 from .core.keys import validate_session_id
 from .live import announce_audit
 from .models import AuditEntry
 from .services import coordinator, session_index
+from .session_urls import CONVERTER as SID
 
 ADMIN_PAGE = 50
+MAX_STATE_ROWS = 1000  # Django refuses a form of over 1,000 fields before this view anyway
 NEW_KEY_ERROR = "\x00new"  # errors of the "add a key" row; no state key can hold NUL
 
 # /admin/login/ is a second sign-in form: the same throttle as /login/ (get_urls reads .login).
@@ -48,7 +51,8 @@ class AuditEntryAdmin(admin.ModelAdmin):
         return [
             path("sessions/", view(self.sessions_view), name="coordination_sessions"),
             path(
-                "sessions/<path:session_id>/state/",
+                # the id as one path segment: "zz/../victim" must not edit "victim"
+                f"sessions/<{SID}:session_id>/state/",
                 view(self.state_view),
                 name="coordination_session_state",
             ),
@@ -129,41 +133,49 @@ class AuditEntryAdmin(admin.ModelAdmin):
     def _save_state(self, request, session_id, current, errors, submitted):
         post = request.POST
         changes, expected, before, after = {}, {}, {}, {}
-        for i in range(int(post.get("count", "0") or 0)):
+        count = _form_int(post.get("count"))
+        if count is None or count > MAX_STATE_ROWS:
+            errors[NEW_KEY_ERROR] = (
+                "The form was damaged (its row count is missing or wrong): reload the page."
+            )
+            return None
+        for i in range(count):
             key = post.get(f"key-{i}", "")
-            version = int(post.get(f"version-{i}", "0") or 0)
             text = post.get(f"value-{i}", "")
             submitted[key] = text
+            version = _form_int(post.get(f"version-{i}"))
+            original, bad_original = _parse_json(post.get(f"original-{i}", "null"))
+            if version is None or bad_original:
+                errors[key] = "The form was damaged (a hidden field is wrong): reload the page."
+                continue
             if post.get(f"delete-{i}"):
                 changes[key], expected[key] = DELETE, version
-                before[key], after[key] = json.loads(post.get(f"original-{i}", "null")), None
+                before[key], after[key] = original, None
                 continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                errors[key] = f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."
+            value, error = _parse_json(text, key)
+            if error:
+                errors[key] = error
                 continue
-            original = post.get(f"original-{i}", "null")
-            if json.dumps(value, sort_keys=True) != original:
+            if json.dumps(value, sort_keys=True) != json.dumps(original, sort_keys=True):
                 changes[key], expected[key] = value, version
-                before[key], after[key] = json.loads(original), value
+                before[key], after[key] = original, value
         new_key = post.get("new_key", "").strip()
         if new_key:
             submitted["__new_key__"], submitted["__new_value__"] = (
                 new_key,
                 post.get("new_value", ""),
             )
-            try:
-                changes[new_key] = json.loads(post.get("new_value", ""))
-                expected[new_key] = 0  # must not exist yet
-                before[new_key], after[new_key] = None, changes[new_key]
-            except json.JSONDecodeError as exc:
-                errors[NEW_KEY_ERROR] = f"The new value is not valid JSON: {exc.msg}."
+            value, error = _parse_json(post.get("new_value", ""), new_key)
+            if error:
+                errors[NEW_KEY_ERROR] = f"The new value: {error}"
+            else:
+                changes[new_key], expected[new_key] = value, 0  # 0: must not exist yet
+                before[new_key], after[new_key] = None, value
         if errors:
             return None
         if not changes:
             messages.info(request, "Nothing changed.")
-            return HttpResponseRedirect(request.path)
+            return HttpResponseRedirect(_state_url(session_id))
         actor = f"human:{request.user.get_username()}"
         try:
             async_to_sync(coordinator(session_id).update_state)(
@@ -187,7 +199,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
         messages.success(
             request, f"Saved {len(changes)} change(s); agents received STATE_CHANGED events."
         )
-        return HttpResponseRedirect(request.path)
+        return HttpResponseRedirect(_state_url(session_id))
 
     def _audit(self, request, session_id, before, after, outcome, detail):
         AuditEntry.objects.create(
@@ -202,3 +214,39 @@ class AuditEntryAdmin(admin.ModelAdmin):
             client_address=request.META.get("REMOTE_ADDR"),
         )
         async_to_sync(announce_audit)(session_id)
+
+
+def _state_url(session_id: str) -> str:
+    """The editor's own URL, built from the id (``request.path`` is the decoded path: sent
+    back as a Location it could name another session)."""
+    return reverse("admin:coordination_session_state", args=[session_id])
+
+
+def _form_int(text: str | None) -> int | None:
+    """A non-negative integer from a hidden field, or None when it is anything else."""
+    text = (text or "0").strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        return None
+    return int(text)
+
+
+def _parse_json(text: str, key: str | None = None) -> tuple[object, str | None]:
+    """``(value, None)``, or ``(None, a message for the form)``: never raises, whatever the
+    text (bare words, 10,000 levels of nesting, a 5,000-digit number, NaN). With ``key``, the
+    value must also be one the core stores (depth, size, JSON-only values)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."
+    except RecursionError:
+        return None, "Not accepted: the JSON is nested too deeply."
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        return None, f"Not accepted: {exc}."
+    if key is not None:
+        try:
+            encode_json(value, f"state[{key!r}]")
+        except CoordinationError as exc:
+            return None, f"Not accepted: {exc}."
+        except RecursionError:
+            return None, "Not accepted: the JSON is nested too deeply."
+    return value, None

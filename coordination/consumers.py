@@ -5,6 +5,7 @@ what came after from Redis, then forwards live events, dropping any it already s
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from urllib.parse import parse_qs
 
@@ -46,6 +47,7 @@ BUFFER_BYTES = 4 * 1024 * 1024
 REPLAY_PAGE = 25  # events read per round trip while replaying (each at most the payload limit)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_BAD_REQUEST = 4400
+MAX_FRAME_CHARS = 4096  # the pages send {"resume": "<event id>"} and nothing else
 CLOSE_TRY_AGAIN = 1013  # the htmx ws extension reconnects after 1006, 1011, 1012 and 1013
 REDIS_CHECK_SECONDS = 3.0
 REDIS_CHECK_TIMEOUT = 2.0
@@ -81,6 +83,25 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
                 )
 
         self._layer_receive = accepted
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        """A frame from the browser is untrusted: one that is binary, empty, too long, not
+        JSON (or nested past the parser) or not a JSON object is answered with an error frame
+        and otherwise ignored. Channels' own ``receive`` would raise and log a traceback."""
+        if not text_data or len(text_data) > MAX_FRAME_CHARS:
+            await self.send_json(
+                {"error": f"expected a JSON object of at most {MAX_FRAME_CHARS} characters"}
+            )
+            return
+        try:
+            content = json.loads(text_data)
+        except (ValueError, RecursionError):
+            await self.send_json({"error": "the frame is not JSON"})
+            return
+        if not isinstance(content, dict):
+            await self.send_json({"error": "expected a JSON object"})
+            return
+        await self.receive_json(content, **kwargs)
 
     async def websocket_connect(self, message):
         user = self.scope.get("user")

@@ -1,22 +1,27 @@
 from django.urls import path
 
-from . import actions, views
+from . import (
+    actions,
+    session_urls,  # noqa: F401  (registers the "sid" converter)
+    views,
+)
 
 app_name = "coordination"
 
-# Session ids may hold any character but control characters, '/' included: hence <path:>,
-# and a distinct prefix per view so no id can be mistaken for a sub-page.
+# Session ids may hold any character but control characters, '/' and '..' included: <sid:>
+# (coordination/session_urls.py) puts one in a single path segment that no browser rewrites,
+# and a distinct prefix per view keeps any id from being mistaken for a sub-page.
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("sessions/", views.sessions, name="sessions"),
     path("saved-filters/", views.save_filter, name="save_filter"),
     path("saved-filters/<int:pk>/delete/", views.delete_filter, name="delete_filter"),
-    path("sessions/<path:session_id>/", views.session_detail, name="session"),
-    path("timeline/<path:session_id>/", views.timeline, name="timeline"),
+    path("sessions/<sid:session_id>/", views.session_detail, name="session"),
+    path("timeline/<sid:session_id>/", views.timeline, name="timeline"),
     path("agents/", views.agents, name="agents"),
     # one event's payload or state value, whole: ?session=<id>&event=<id> or &key=<key>
     path("payload/", views.payload, name="payload"),
     path("act-bulk/", actions.bulk, name="bulk"),
-    path("act/<slug:action>/<path:session_id>/", actions.act, name="act"),
+    path("act/<slug:action>/<sid:session_id>/", actions.act, name="act"),
     path("escalations/claim-next/", actions.claim_next, name="claim_next"),
 ]

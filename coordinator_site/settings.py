@@ -225,6 +225,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+# Error pages (DEBUG's technical 500/400 included) show no Redis or database URL, password or
+# token: whole connection settings hidden, URL credentials masked everywhere else.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "coordination.error_reports.SecretsFilter"
+DEFAULT_EXCEPTION_REPORTER = "coordination.error_reports.SecretsReporter"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 

@@ -30,7 +30,8 @@ from .scripts import (
     update_state_script,
 )
 
-_EVENT_ID = re.compile(r"^\d+(-\d+)?$")
+_EVENT_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")  # ASCII digits: \d takes any script
+_MAX_ID_PART = 2**64 - 1  # Redis refuses larger stream id parts
 
 SUBSCRIBE_BATCH = 200
 # Blocking reads wait at most this long per round trip, so a dead server is noticed.
@@ -38,9 +39,16 @@ MAX_BLOCK_SECONDS = 5.0
 
 
 def validate_event_id(event_id: str, what: str = "event id") -> str:
-    if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
+    match = _EVENT_ID.fullmatch(event_id) if isinstance(event_id, str) else None
+    if match is None or any(int(part or 0) > _MAX_ID_PART for part in match.groups()):
         raise InvalidCursor(f"{what} {event_id!r} is not a stream id like '1700000000000-0'")
     return event_id
+
+
+def _id_parts(event_id: str, what: str) -> tuple[int, int | None]:
+    """A valid stream id's parts; the sequence is None when the id has none ("1700000000000")."""
+    ms, _, seq = validate_event_id(event_id, what).partition("-")
+    return int(ms), int(seq) if seq else None
 
 
 class _Delete:
@@ -164,9 +172,13 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         """A page of the session's stored events (oldest first unless ``newest_first``)."""
         limit = max(1, min(int(limit), 1000))
         if newest_first:
+            if before is not None and _id_parts(before, "before") == (0, 0):
+                return []  # nothing is older than 0-0 (and Redis refuses the interval)
             start = "+" if before is None else f"({validate_event_id(before, 'before')}"
             rows = await self.call(self.redis.xrevrange(self._keys.events, start, "-", count=limit))
         else:
+            if after != "-" and _id_parts(after, "after") == (_MAX_ID_PART, _MAX_ID_PART):
+                return []  # nothing is newer than the largest id (and Redis refuses it)
             start = "-" if after == "-" else f"({validate_event_id(after, 'after')}"
             rows = await self.call(self.redis.xrange(self._keys.events, start, "+", count=limit))
         return [event_from_fields(self.session_id, eid, fields) for eid, fields in rows]

@@ -67,7 +67,7 @@ def sample_urls(route: str, ids=("s-1",)) -> list[str]:
     urls = []
     for session_id in ids:
         for slug in SLUGS if "<slug:" in route else ["x"]:
-            url = re.sub(r"<path:\w+>", session_id, route)
+            url = re.sub(r"<(?:path|sid):\w+>", session_id, route)
             url = re.sub(r"<slug:\w+>", slug, url)
             url = re.sub(r"<int:\w+>", "1", url)
             url = re.sub(r"<\w+:\w+>|<\w+>", "x", url)
