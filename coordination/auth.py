@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import logging
 import unicodedata
 from collections.abc import Callable
 
@@ -27,6 +28,8 @@ from django.core.cache import cache
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+
+log = logging.getLogger(__name__)
 
 FAILURES_PER_USER = 5  # one username from one address
 FAILURES_PER_ADDRESS = 50  # any usernames from one address
@@ -79,14 +82,36 @@ def is_throttled(keys: tuple[str, str, str]) -> bool:
     return any((cache.get(key) or 0) >= limit for key, limit in zip(keys, LIMITS, strict=True))
 
 
-def _count_failure(keys: tuple[str, str, str]) -> None:
+KINDS = ("username and address", "address", "username from any address")
+
+
+def _count_failure(request: HttpRequest, keys: tuple[str, str, str]) -> None:
     window = _window()
-    for key in keys:
+    for key, limit, kind in zip(keys, LIMITS, KINDS, strict=True):
         cache.add(key, 0, window)  # the window starts at the first failure
         try:
-            cache.incr(key)
+            count = cache.incr(key)
         except ValueError:  # expired between add and incr
-            cache.set(key, 1, window)
+            cache.set(key, count := 1, window)
+        if count == limit:  # once per lock, so an attacker cannot flood the log
+            _log_lock(request, kind, key, limit, window)
+
+
+def _log_lock(request: HttpRequest, kind: str, key: str, limit: int, window: int) -> None:
+    """One warning when a count reaches its limit: the address and the username's hash (the
+    key's), never the typed username (people type passwords there) or the password."""
+    log.warning(
+        "sign-in paused for %d s: %d failures per %s (key %s)",
+        window,
+        limit,
+        kind,
+        key,
+        extra={
+            "action": "sign-in-throttled",
+            "path": request.path,
+            "client_address": request.META.get("REMOTE_ADDR"),
+        },
+    )
 
 
 def throttled_response(request: HttpRequest) -> HttpResponse:
@@ -118,7 +143,7 @@ def throttle_login(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
         if getattr(request, "_coordination_signed_in", False):
             cache.delete(keys[0])  # this address's count for the account; never the others
         else:
-            _count_failure(keys)
+            _count_failure(request, keys)
         return response
 
     return wrapped

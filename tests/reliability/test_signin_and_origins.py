@@ -105,6 +105,19 @@ def test_one_username_is_limited_across_addresses(user, redis_url, figures):
     )
 
 
+def test_a_lock_is_logged_once_without_the_typed_username_or_password(user, caplog):
+    client = Client()
+    caplog.set_level(logging.INFO, logger="coordination.auth")
+    for _ in range(FAILURES_PER_USER + 3):
+        sign_in(client, "ＳＵＰ", "hunter2-guess", "192.0.2.99")
+    locks = [r for r in caplog.records if r.name == "coordination.auth"]
+    assert len(locks) == 1 and "username and address" in locks[0].getMessage()
+    assert locks[0].client_address == "192.0.2.99" and locks[0].action == "sign-in-throttled"
+    text = _haystack(locks[0])
+    assert "ＳＵＰ" not in text and not re.search(r"\bsup\b", text, re.IGNORECASE)
+    assert "hunter2" not in text
+
+
 def test_ipv6_addresses_are_counted_per_64(user):
     client = Client()
     for n in range(FAILURES_PER_USER):
