@@ -102,27 +102,26 @@ def browser_users(request, django_db_blocker):
 @pytest.fixture(scope="session")
 def live_database(django_db_setup, django_db_blocker):
     """The test database for live servers. pytest-django creates it only when a collected test
-    asks for the database, which a run of browser tests alone does not."""
+    asks for the database, which a run of browser tests alone does not. Created and dropped in
+    one thread of its own (Django's connections belong to the thread that made them)."""
     from django.db import connection as db_connection
     from django.test.utils import setup_databases, teardown_databases
 
-    def missing() -> bool:
-        with django_db_blocker.unblock():
-            return "auth_user" not in db_connection.introspection.table_names()
-
     def create():
         with django_db_blocker.unblock():
+            if "auth_user" in db_connection.introspection.table_names():
+                return None
             return setup_databases(verbosity=0, interactive=False, aliases={"default"})
 
-    created = in_plain_thread(create) if in_plain_thread(missing) else None
-    yield
-    if created:
+    def drop(created):
+        with django_db_blocker.unblock():
+            teardown_databases(created, verbosity=0)
 
-        def drop():
-            with django_db_blocker.unblock():
-                teardown_databases(created, verbosity=0)
-
-        in_plain_thread(drop)
+    with ThreadPoolExecutor(1) as own_thread:
+        created = own_thread.submit(create).result()
+        yield
+        if created:
+            own_thread.submit(drop, created).result()
 
 
 @pytest.fixture(scope="session")

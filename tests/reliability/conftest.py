@@ -47,6 +47,7 @@ from ..browser.conftest import (  # noqa: E402, F401  (live servers for the faul
     browser_namespace,
     chromium,
     core,
+    live_database,
     server_env,
     sid,
 )
