@@ -62,25 +62,26 @@ def derive_key(secret: str | bytes, prefix: str) -> bytes:
     ).digest()
 
 
-class _RateLimitedWarning:
-    """One warning line per ``every`` seconds; a flood is summarised, never logged line by line."""
+class RateLimitedWarning:
+    """One warning line per ``every`` seconds; a flood is summarised, never logged line by line
+    (whoever floods Redis must not flood the logs as well)."""
 
-    def __init__(self, every: float = WARN_EVERY) -> None:
+    def __init__(self, logger: logging.Logger, message: str, every: float = WARN_EVERY) -> None:
+        self.logger = logger
+        self.message = message
         self.every = every
         self._next_at = 0.0
         self._suppressed = 0
 
-    def __call__(self, channel: str, reason: str) -> None:
+    def __call__(self, *args: object) -> None:
         now = time.monotonic()
         if now < self._next_at:
             self._suppressed += 1
             return
-        also = (
-            f" ({self._suppressed} more dropped since the last warning)" if self._suppressed else ""
-        )
+        also = f" ({self._suppressed} more since the last warning)" if self._suppressed else ""
         self._suppressed = 0
         self._next_at = now + self.every
-        log.warning("channel layer: dropped a message for %s: %s%s", channel, reason, also)
+        self.logger.warning(self.message + "%s", *args, also)
 
     def reset(self) -> None:
         self._next_at = 0.0
@@ -118,7 +119,7 @@ class AuthenticatedPubSubLayer(RedisPubSubChannelLayer):
         self._keys = [derive_key(s, prefix) for s in secrets]
         self.max_age = max_age
         self.rejected = 0
-        self.warn = _RateLimitedWarning()
+        self.warn = RateLimitedWarning(log, "channel layer: dropped a message for %s: %s")
 
     # -- wire format: version byte, HMAC tag, msgpack([sent_at, destination, message]) --
 

@@ -31,6 +31,7 @@ from django.conf import settings
 from django.utils.html import format_html
 from redis.client import NEVER_DECODE
 
+from .channel_layer import RateLimitedWarning
 from .core import Event, InvalidCursor, RedisUnavailable, SessionIndex
 from .core.connection import UNAVAILABLE_ERRORS
 from .core.events import event_from_fields
@@ -100,6 +101,13 @@ async def announce_audit(session_id: str) -> None:
         log.warning("audit refresh for session %r not sent: %s", session_id, exc)
 
 
+# an agent can write junk entries as fast as Redis takes them: one line per 10 s, then a count
+_warn_skipped = RateLimitedWarning(log, "relay: feed entry %s skipped: %s")
+_warn_malformed = RateLimitedWarning(
+    log, "relay: event %s of feed entry %s cannot be rendered (%s); shown as malformed"
+)
+
+
 def parse_event_id(event_id: str) -> tuple[int, int]:
     """``"<ms>-<seq>"`` as a sortable pair; ``InvalidCursor`` for anything else."""
     if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
@@ -135,22 +143,17 @@ def feed_item(fields: dict[Any, Any], feed_id: str) -> tuple[str, dict[str, str]
     try:
         validate_session_id(session_id)
     except Exception:
-        log.warning("relay: feed entry %s names no valid session id; skipped", feed_id)
+        _warn_skipped(feed_id, "no valid session id")
         return None
     if event_id is None or not _EVENT_ID.match(event_id):
-        log.warning("relay: feed entry %s has no valid event id; skipped", feed_id)
+        _warn_skipped(feed_id, "no valid event id")
         return None
     text = {k: _decode(v) for k, v in fields.items() if k in ("t", "d", "src")}
     text = {k: v for k, v in text.items() if v is not None}
     try:
         item = event_item(event_from_fields(session_id, event_id, text))
     except Exception as exc:
-        log.warning(
-            "relay: event %s of feed entry %s cannot be rendered (%s); shown as malformed",
-            event_id,
-            feed_id,
-            type(exc).__name__,
-        )
+        _warn_malformed(event_id, feed_id, type(exc).__name__)
         item = _malformed_item(session_id, event_id, text, type(exc).__name__)
     html = clean(str(item.get("html", "")))
     if len(html) > MAX_ITEM_CHARS:
