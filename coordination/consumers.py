@@ -152,9 +152,9 @@ class SessionsConsumer(LoginRequiredConsumer):
     layer_message_types = frozenset({"sessions.changed"})
 
     async def connect(self):
-        query = {
-            k: v[-1] for k, v in parse_qs(self.scope.get("query_string", b"").decode()).items()
-        }
+        # a query string that is not UTF-8 is malformed input, not a reason to fail the socket
+        raw_query = self.scope.get("query_string", b"").decode("utf-8", "replace")
+        query = {k: v[-1] for k, v in parse_qs(raw_query).items()}
         self.view = "list" if query.get("view") == "list" else "overview"
         self.filters = SessionFilters.from_query(query)
         self.first_page = query.get("first") == "1"

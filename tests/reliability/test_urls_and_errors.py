@@ -420,6 +420,24 @@ def test_websocket_frames_that_are_not_json_objects_get_an_error_frame(superviso
     async_to_sync(scenario)()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_websocket_query_strings_that_are_not_utf8_are_accepted_as_garbage(supervisor):  # noqa: F811
+    async def scenario():
+        for query in (
+            b"view=list&status=\xff\xfe",
+            b"view=list&q=%ff",
+            b"view=list&owner=" + b"a" * 5000,
+        ):
+            socket = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/sessions/")
+            socket.scope["query_string"] = query
+            socket.scope["user"] = supervisor
+            connected, _ = await socket.connect()
+            assert connected, query[:30]
+            await socket.disconnect()
+
+    async_to_sync(scenario)()
+
+
 # -- the admin state editor -----------------------------------------------------------------------
 
 
