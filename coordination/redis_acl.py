@@ -226,6 +226,18 @@ class Credentials:
         return self.directory / f"{name}.url" if self.directory else None
 
 
+def create_users(
+    client, namespace: str, passwords: dict[str, str], *, agent_user: str = DEFAULT_AGENT_USER
+) -> None:
+    """``ACL SETUSER`` each user of ``passwords`` on the server ``client`` (a blocking redis-py
+    client with the right to): ``agent_user`` with the agents' rules, the others with the
+    dashboard's. On a Cluster, call it once per node with the same passwords."""
+    version = server_version(client)
+    for user, password in passwords.items():
+        rules = agent_rules if user == agent_user else dashboard_rules
+        client.execute_command(*setuser(user, password, rules(namespace, version)))
+
+
 def lock_down(
     admin_url: str,
     namespace: str,
@@ -244,12 +256,11 @@ def lock_down(
     passwords = {name: new_password() for name in ("agents", "dashboard", "admin")}
     client = redis.Redis.from_url(admin_url, socket_timeout=5, socket_connect_timeout=5)
     try:
-        version = server_version(client)
-        client.execute_command(
-            *setuser(agent_user, passwords["agents"], agent_rules(namespace, version))
-        )
-        client.execute_command(
-            *setuser(dashboard_user, passwords["dashboard"], dashboard_rules(namespace, version))
+        create_users(
+            client,
+            namespace,
+            {agent_user: passwords["agents"], dashboard_user: passwords["dashboard"]},
+            agent_user=agent_user,
         )
         # The default user keeps every right but needs a password from now on; this
         # connection stays authenticated until it closes.

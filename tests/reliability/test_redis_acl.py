@@ -273,6 +273,42 @@ async def test_the_demo_fleet_runs_with_the_agents_credentials(acl_server, admin
     assert not [o for o in fleet.outcomes.values() if "NOPERM" in o or "refused" in o]
 
 
+async def test_the_agents_user_coordinates_on_a_cluster():
+    """On Redis Cluster the users exist on every node; the core's two-step writes (the session's
+    slot, then the index slot) and the client's node discovery all pass the agents' ACL."""
+    from coordination.embedded_redis import EmbeddedCluster
+
+    passwords = {"agents": redis_acl.new_password(), "dashboard": redis_acl.new_password()}
+    with EmbeddedCluster(masters=3) as cluster:
+        nodes = [redis.Redis(port=n.port, decode_responses=True) for n in cluster.nodes]
+        for node in nodes:
+            redis_acl.create_users(node, NS, passwords)
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in cluster.nodes)
+        url = f"redis+cluster://agents:{passwords['agents']}@{hosts}"
+        sid = f"acl-cluster-{uuid.uuid4().hex[:6]}"
+        coord = AgentCoordinator(sid, url, source="triage", namespace=NS)
+        atomic = AtomicOperations(url, namespace=NS)
+        index = SessionIndex(url, namespace=NS)
+        await coord.publish(EventType.AGENT_READY, {"agent_id": "triage", "capabilities": ["t"]})
+        assert await atomic.claim_handoff(sid, "triage", ttl=10)
+        assert await coord.set_state("step", 1) == 1
+        await coord.escalate("stuck")
+        await index.heartbeat("triage")
+        assert [s.session_id for s in await index.escalation_queue()] == [sid]
+        assert [e.type async for e in coord.subscribe(timeout=0.2)][-1] == EventType.ESCALATED
+        assert await index.prune() == 0
+        await coord.clear()
+        assert await index.get_session(sid) is None
+        for node in nodes:  # nothing the core did was refused, on any node
+            assert node.execute_command("ACL", "LOG") == [], node
+        client = coord.redis
+        with pytest.raises(NoPermissionError):
+            await client.set(LEASE, "agent")
+        await client.aclose()
+        for node in nodes:
+            node.close()
+
+
 # -- what an injected agent tries, refused ------------------------------------------------
 
 
