@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 SESSIONS_GROUP = "coord.sessions"
 # A stream id as Redis writes it (64-bit parts); longer digit strings are not ids (and a
 # 5,000-digit one would make int() raise).
-_EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+_EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?\Z")  # ASCII digits; \Z: no trailing newline
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_ITEM_CHARS = 256 * 1024  # one live row; a larger one is replaced by a note to reload
 MAX_MESSAGE_CHARS = 1024 * 1024  # one channel-layer message; a batch is split beyond it

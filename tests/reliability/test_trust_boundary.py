@@ -325,6 +325,8 @@ def poison_entries(sid: str) -> list[dict[bytes, bytes]]:
         {b"s": ok},  # no event id
         {b"s": ok, b"e": b"9" * 5000, b"d": b"{}"},  # int() refuses this many digits
         {b"s": ok, b"e": b"not-an-id", b"d": b"{}"},
+        {b"s": ok, b"e": "\u0661-\u0661".encode(), b"d": b"{}"},  # Arabic-Indic digits
+        {b"s": ok, b"e": b"2-1\n", b"d": b"{}"},  # a trailing newline
         {b"s": ok, b"e": b"1-7", b"t": b"message", b"d": b"not json {"},
         {b"s": ok, b"e": b"1-8", b"t": b"message", b"d": b"5"},
         {b"s": ok, b"e": b"1-9", b"t": b"message", b"d": b"[1, 2]"},
@@ -378,7 +380,7 @@ def test_poisoned_feed_entries_do_not_stop_the_relay(redis_url, namespace, attac
         assert "<script>" not in item["html"]
     assert "\ufffd" in shown["1-1"]["html"] and "\ufffd" in shown["1-2"]["html"]
     assert len(shown["1-12"]["html"]) <= live.MAX_ITEM_CHARS
-    assert relay.skipped == 7
+    assert relay.skipped == 9
     figures(
         "poisoned feed entries",
         f"{len(entries)} entries XADDed by hand: lone surrogates (JSON and bytes), bytes that "
