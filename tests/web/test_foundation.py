@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,10 @@ def test_serve_starts_embedded_redis_and_stops_everything_on_ctrl_c(tmp_path):
             output.append(line)
             if "Press Ctrl-C" in line:
                 break
+        # Keep reading: a full pipe would block serve (and uvicorn, which shares its stdout)
+        # on its next write, and a blocked process cannot stop on Ctrl-C.
+        drain = threading.Thread(target=lambda: output.extend(serve.stdout), daemon=True)
+        drain.start()
         text = "".join(output)
         redis_url = re.search(r"Started embedded Redis at (\S+)", text).group(1)
         assert f"http://127.0.0.1:{port}/" in text and "DJANGO_SUPERUSER_PASSWORD" in text
@@ -155,7 +160,10 @@ def test_serve_starts_embedded_redis_and_stops_everything_on_ctrl_c(tmp_path):
             time.sleep(0.05)
         client.close()
         serve.send_signal(signal.SIGINT)
-        assert serve.wait(timeout=30) == 0
+        try:
+            assert serve.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail("serve did not stop within 30 s of Ctrl-C; its output:\n" + "".join(output))
     finally:
         if serve.poll() is None:  # a failed assertion above: still stop it the way a user would
             serve.send_signal(signal.SIGINT)
