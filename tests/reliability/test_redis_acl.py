@@ -33,7 +33,7 @@ from coordination.core.scripts import claim_script, publish_script
 from coordination.embedded_redis import EmbeddedRedis, redis_server_binary
 from coordination.live import ACQUIRE_OR_RENEW, SESSIONS_GROUP, session_group
 
-from ..browser.conftest import live_database, page_factory  # noqa: F401  (the live-server test)
+from ..browser.conftest import page_factory  # noqa: F401  (the live-server test)
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "coord"  # the production namespace: a private server, so the real key names are used
@@ -593,7 +593,7 @@ def test_the_dashboard_works_on_its_own_user_and_agents_cannot_reach_its_pages(
     import redis.asyncio as aioredis
     from playwright.sync_api import expect
 
-    from ..browser.conftest import LiveServer, wait_live  # noqa: F811
+    from ..browser.conftest import LiveServer, wait_live
 
     with EmbeddedRedis() as server:
         creds = redis_acl.lock_down(server.url, NS)
