@@ -25,6 +25,8 @@ from django.contrib.auth.models import Group
 from django.test import AsyncClient, RequestFactory
 from django.urls import Resolver404, include, path, resolve, reverse
 from django.views.debug import technical_500_response
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coordination import AgentCoordinator, EventType
 from coordination.error_reports import mask_secrets
@@ -113,6 +115,32 @@ def test_segment_encoding_round_trips(session_id):
     assert "/" not in segment and segment not in (".", "..")
     assert from_segment(segment) == session_id
     assert from_segment(unquote(quote_segment(session_id))) == session_id
+
+
+# Any valid id: no control characters (C0, DEL, C1), no lone surrogates, 1-256 characters;
+# the alphabet leans on the characters URLs treat specially.
+any_id = st.text(
+    alphabet=st.one_of(
+        st.sampled_from("./\\%?#;:@&=+$,!~*'()[]{}|^`\"<> 2eEfF"),
+        st.characters(blacklist_categories=("Cc", "Cs")),
+    ),
+    min_size=1,
+    max_size=256,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(session_id=any_id)
+def test_any_id_round_trips_through_every_route(session_id):
+    for name, args in SESSION_ROUTES:
+        url = reverse(name, args=[*args, session_id])
+        assert whatwg_path_is_stable(url), url
+        assert server_resolve(url).kwargs["session_id"] == session_id, url
+    ws = f"/ws/session/{quote_segment(session_id)}/"
+    assert whatwg_path_is_stable(ws)
+    assert websocket_urlpatterns[1].pattern.match(unquote(ws).lstrip("/"))[2] == {
+        "session_id": session_id
+    }
 
 
 @pytest.mark.parametrize("session_id", NASTY_IDS)
@@ -282,6 +310,24 @@ def test_admin_editor_saves_and_redirects_to_the_same_session(staff_client, seed
         "k"
         not in async_to_sync(AgentCoordinator("A", redis_url, namespace=namespace).get_all_state)()
     )
+
+
+def test_sign_in_returns_to_the_same_session(client, django_user_model, seeded):
+    django_user_model.objects.create_user("comeback", password="pw-comeback-123456")
+    for sid in (f"zz/../{VICTIM}", "..", "%41"):
+        target = reverse("coordination:session", args=[sid])
+        to_login = client.get(target)
+        assert to_login.status_code == 302 and "/login/" in to_login["Location"]
+        next_url = dict(p.split("=", 1) for p in urlsplit(to_login["Location"]).query.split("&"))[
+            "next"
+        ]
+        assert unquote(next_url) == target
+        signed_in = client.post(
+            to_login["Location"], {"username": "comeback", "password": "pw-comeback-123456"}
+        )
+        assert signed_in.status_code == 302, signed_in.status_code
+        assert session_of(signed_in["Location"]) == sid, signed_in["Location"]
+        client.logout()
 
 
 def test_ids_that_cannot_exist_are_404_not_500(staff_client):
