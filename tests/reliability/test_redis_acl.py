@@ -652,3 +652,18 @@ def test_the_dashboard_works_on_its_own_user_and_agents_cannot_reach_its_pages(
             live.stop()
             admin.close()
             agent_client.close()
+
+
+def test_every_command_the_core_scripts_call_is_on_the_agents_list():
+    """A command added to a core script without being added to the agents' allow-list would
+    fail only for agents with their own user (their scripts would stop with "can't run this
+    command"): caught here from the scripts' text, even before a test exercises the operation."""
+    import re
+
+    from coordination.core import scripts
+
+    text = Path(scripts.__file__).read_text()
+    called = {c.lower() for c in re.findall(r"(?:redis\.call|idx)\('([A-Za-z]+)'", text)}
+    assert {"xadd", "hset", "zadd", "del"} <= called  # the pattern still finds them
+    missing = called - set(redis_acl.AGENT_DATA_COMMANDS)
+    assert not missing, f"add {sorted(missing)} to redis_acl.AGENT_DATA_COMMANDS"
