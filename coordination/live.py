@@ -48,6 +48,9 @@ SESSIONS_GROUP = "coord.sessions"
 _EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?\Z")  # ASCII digits; \Z: no trailing newline
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_ITEM_CHARS = 256 * 1024  # one live row; a larger one is replaced by a note to reload
+# A field over this is not decoded, parsed or rendered at all (the core writes at most its payload
+# limit, 1 MiB by default; anything far larger was written around it, straight into Redis).
+MAX_FIELD_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_CHARS = 1024 * 1024  # one channel-layer message; a batch is split beyond it
 MAX_BACKOFF = 30.0  # seconds between restarts of a relay loop that keeps failing
 POISON_STRIKES = 3  # failures at the same cursor before the entry after it is skipped
@@ -148,6 +151,11 @@ def feed_item(fields: dict[Any, Any], feed_id: str) -> tuple[str, dict[str, str]
     if event_id is None or not _EVENT_ID.match(event_id):
         _warn_skipped(feed_id, "no valid event id")
         return None
+    huge = max((len(v) for v in fields.values() if isinstance(v, (bytes, str))), default=0)
+    if huge > MAX_FIELD_BYTES:
+        _warn_malformed(event_id, feed_id, f"a field of {huge:,} bytes")
+        note = f"This event is too large to show live ({huge:,} bytes); reload the page to see it."
+        return session_id, {"id": event_id, "type": "", "html": _note_item(event_id, note)}
     text = {k: _decode(v) for k, v in fields.items() if k in ("t", "d", "src")}
     text = {k: v for k, v in text.items() if v is not None}
     try:

@@ -339,6 +339,7 @@ def poison_entries(sid: str) -> list[dict[bytes, bytes]]:
             b"d": json.dumps({"x": "y" * 2_000_000}).encode(),
         },
         {b"s": ok, b"e": b"1-13", b"t": b"<script>alert(1)</script>", b"d": b"{}"},
+        {b"s": ok, b"e": b"1-14", b"t": b"message", b"d": b'"' + b"z" * 20_000_000 + b'"'},
         {b"junk": b"\x00\xff"},
     ]
 
@@ -373,19 +374,21 @@ def test_poisoned_feed_entries_do_not_stop_the_relay(redis_url, namespace, attac
     shown = {i["id"]: i for i in items}
     # every entry naming this session and a valid event id became a row; the rest skipped
     assert sorted(shown) == sorted(
-        ["1-1", "1-2", "1-3", "1-7", "1-8", "1-9", "1-10", "1-11", "1-12", "1-13", items[-1]["id"]]
+        ["1-1", "1-2", "1-3", "1-7", "1-8", "1-9", "1-10", "1-11", "1-12", "1-13", "1-14"]
+        + [items[-1]["id"]]
     )
     for item in items:
         item["html"].encode("utf-8")  # nothing that cannot be sent or shown
         assert "<script>" not in item["html"]
     assert "\ufffd" in shown["1-1"]["html"] and "\ufffd" in shown["1-2"]["html"]
     assert len(shown["1-12"]["html"]) <= live.MAX_ITEM_CHARS
+    assert "too large to show live" in shown["1-14"]["html"]  # 20 MB: not even decoded
     assert relay.skipped == 9
     figures(
         "poisoned feed entries",
         f"{len(entries)} entries XADDed by hand: lone surrogates (JSON and bytes), bytes that "
         "are not UTF-8, missing fields, ids of 5,000 digits, payloads that are not JSON objects, "
-        "100,000 nested brackets, 2 MB, markup in the type",
+        "100,000 nested brackets, 2 MB and 20 MB payloads, markup in the type",
         f"relay never restarted; {len(shown) - 1} shown (malformed ones as such), "
         f"{relay.skipped} skipped, the next genuine event relayed",
     )
@@ -606,7 +609,7 @@ def test_a_flood_and_poisoned_feed_leave_relay_pages_and_healthz_working(
     figures(
         "flood and poisoned feed under a live page",
         f"1,000 forged channel-layer messages, then {len(entries)} hand-written feed entries "
-        "(lone surrogates, bad UTF-8, missing fields, non-JSON, 2 MB, 100,000 brackets)",
+        "(lone surrogates, bad UTF-8, missing fields, non-JSON, 2 and 20 MB, 100,000 brackets)",
         f"{shown} shown as malformed rows, the rest skipped; the relay kept relaying, "
         "/healthz 200 with the lease held",
     )
