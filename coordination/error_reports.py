@@ -25,8 +25,9 @@ from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 
 MASK = "***"
 # A URL's userinfo: everything between "scheme://" and the last "@" before the host. Greedy, so
-# a password holding a raw "@" is masked whole.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/'\"<>]*@")
+# a password holding a raw "@" is masked whole. The scheme's length is bounded so that a long
+# run of letters costs linear time, whatever a page holds.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]{0,30}://)[^\s/'\"<>]*@")
 # Credentials passed as query parameters (redis://host/0?password=pw).
 _QUERY_SECRET = re.compile(
     r"(?i)([?&;](?:password|passwd|pwd|pass|secret|token|api_key|apikey|auth)=)[^&;\s'\"<>]+"
