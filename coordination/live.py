@@ -263,6 +263,8 @@ class Relay:
         self.state = "starting"  # starting, leading, standby, restarting, stopped
         self.beat_at = time.monotonic()  # the loop's last sign of life
         self._stopping = asyncio.Event()
+        # set while leading with the cursor established: what follows in the feed gets relayed
+        self.reading = asyncio.Event()
         self._failures = 0
         self._cursor: str | None = None
         self._crash_cursor: str | None = None
@@ -293,7 +295,10 @@ class Relay:
                         self.is_leader = True
                         self.state = "leading"
                         log.info("relay %s is now the active relay", self.worker_id)
-                        await self._lead(layer)
+                        try:
+                            await self._lead(layer)
+                        finally:
+                            self.reading.clear()
                     self.is_leader = False
                     self.state = "standby"
                     await report(self.index, self.worker_id)
@@ -416,6 +421,7 @@ class Relay:
                 self._cursor = cursor
             self._strikes = 0
         renew_every = self.lease_ttl_ms / 3000
+        self.reading.set()
         last_renew = last_flush = last_prune = time.monotonic()
         changed: set[str] = set()
         while not self._stopping.is_set():

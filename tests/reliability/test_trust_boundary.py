@@ -107,8 +107,7 @@ async def start_relay(redis_url: str, namespace: str) -> tuple[Relay, asyncio.Ta
     )
     task = asyncio.create_task(relay.run())
     async with asyncio.timeout(15):
-        while not relay.is_leader:  # the lease is taken on Redis's clock: nothing to await
-            await asyncio.sleep(0.01)
+        await relay.reading.wait()  # leading, from a cursor: what is published next is relayed
     return relay, task
 
 
@@ -422,8 +421,8 @@ def test_a_relay_loop_that_fails_restarts_and_keeps_relaying(redis_url, namespac
         task = asyncio.create_task(relay.run())
         try:
             async with asyncio.timeout(15):
-                while relay.restarts == 0 or not relay.is_leader:
-                    await asyncio.sleep(0.01)
+                await relay.reading.wait()  # only after the restart: the first _lead raised
+            assert relay.restarts == 1
             event = await coord.publish(EventType.MESSAGE, {})
             async with asyncio.timeout(15):
                 message = await layer.receive(channel)

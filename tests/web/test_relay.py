@@ -115,7 +115,7 @@ async def test_feed_entries_written_around_the_core_are_relayed_safely_or_skippe
     task = asyncio.create_task(relay.run())
     raw = new_client(redis_url)
     try:
-        await eventually(lambda: relay.is_leader, "the relay to take the lease")
+        await asyncio.wait_for(relay.reading.wait(), 15)  # leading, from a cursor
         for fields in (
             {"s": "s-poison", "e": "1-1", "t": "message", "d": '{"x": "\\ud800"}'},
             {"s": "s-poison", "e": "1-2", "t": b"\xff\xfe", "d": "[1, 2]"},
@@ -149,7 +149,7 @@ async def test_a_cursor_overwritten_with_garbage_restarts_from_the_newest_entry(
     relay = Relay(index, lease_ttl=1.0, flush_interval=0.05, worker_id="w")
     task = asyncio.create_task(relay.run())
     try:
-        await eventually(lambda: relay.is_leader, "the relay to take the lease")
+        await asyncio.wait_for(relay.reading.wait(), 15)  # leading, from a cursor
         await eventually(
             lambda: redis_sync.get(f"{namespace}:{{relay}}:cursor") != "not-a-stream-id",
             "the relay to replace the cursor",
