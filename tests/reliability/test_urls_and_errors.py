@@ -295,6 +295,15 @@ def test_acting_through_a_dot_segment_id_touches_only_that_session(staff_client,
     assert whatwg_path_is_stable(response["Location"])
 
 
+def test_slash_appending_redirect_keeps_the_session(staff_client, seeded):
+    for sid in (f"zz/../{VICTIM}", "..", "%41", "a?b#c"):
+        url = reverse("coordination:session", args=[sid])
+        response = staff_client.get(url.rstrip("/"))
+        assert response.status_code == 301, (sid, response.status_code)
+        assert response["Location"] == url
+        assert session_of(response["Location"]) == sid
+
+
 def test_admin_editor_saves_and_redirects_to_the_same_session(staff_client, seeded):
     redis_url, namespace = seeded
     for sid in (f"zz/../{VICTIM}", "..", "%41", "a?b#c"):
