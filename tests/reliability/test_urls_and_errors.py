@@ -269,6 +269,28 @@ def test_every_url_on_every_page_names_the_session_it_is_for(staff_client, seede
     )
 
 
+@pytest.mark.parametrize("role", ["viewer", "supervisor", "superuser"])
+def test_each_role_sees_only_urls_of_the_session_it_opened(client, django_user_model, seeded, role):
+    user = django_user_model.objects.create_user(
+        f"u-{role}", password="pw-role-123456", is_staff=role == "superuser"
+    )
+    user.is_superuser = role == "superuser"
+    user.save()
+    if role != "superuser":
+        user.groups.add(
+            Group.objects.get(name="supervisors" if role == "supervisor" else "viewers")
+        )
+    client.force_login(user)
+    for sid in NASTY_IDS:
+        page = client.get(reverse("coordination:session", args=[sid])).content.decode()
+        named = [u for u in rendered_urls(page) if session_of(u) is not None]
+        assert any("/ws/session/" in u for u in named), (role, sid)
+        assert any("/act/" in u for u in named) == (role != "viewer"), (role, sid)
+        for url in named:
+            assert whatwg_path_is_stable(urlsplit(url).path), (role, sid, url)
+            assert session_of(url) == sid, (role, sid, url)
+
+
 def test_acting_through_a_dot_segment_id_touches_only_that_session(staff_client, seeded):
     attacker = f"zz/../{VICTIM}"
     redis_url, namespace = seeded
