@@ -44,6 +44,9 @@ from ..web.conftest import coordination_settings, supervisor, viewer  # noqa: F4
 
 MARKUP = (
     '<div id="pwned" hx-post="/sessions/{sid}/act/close/" hx-trigger="load">pwned</div>'
+    '<div id="pwned-admin" hx-post="/admin/auth/user/add/" hx-trigger="load" '
+    'hx-vals=\'{{"username": "mallory", "password1": "Pw-mallory-1", "password2": "Pw-mallory-1"}}\'>'
+    "</div>"
     '<ol hx-swap-oob="afterbegin:#timeline"><li id="pwned-row">forged</li></ol>'
 )
 
@@ -526,11 +529,41 @@ def healthz(url: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+@pytest.fixture
+def superuser(django_db_blocker):
+    """A superuser watching: forged markup aimed at the admin would create accounts."""
+    from django.contrib.auth.models import User
+
+    from ..browser.conftest import PASSWORD, in_plain_thread
+
+    def create():
+        with django_db_blocker.unblock():
+            user, _ = User.objects.get_or_create(username="tb-root")
+            user.is_staff = user.is_superuser = True
+            user.set_password(PASSWORD)
+            user.save()
+
+    def remove():
+        with django_db_blocker.unblock():
+            User.objects.filter(username__in=("tb-root", "mallory")).delete()
+
+    in_plain_thread(create)
+    yield "tb-root"
+    in_plain_thread(remove)
+
+
 @pytest.mark.browser
-@pytest.mark.parametrize("username", ["victor", "alice"])  # a viewer and a supervisor
+@pytest.mark.parametrize("username", ["victor", "alice", "superuser"])
 def test_forged_markup_never_reaches_a_live_page(
     username, request, asgi_server, core, sid, browser_namespace, redis_server_url, figures
 ):
+    """As a viewer (victor), a supervisor (alice) and a superuser."""
+    from django.contrib.auth.models import User
+
+    from ..browser.conftest import in_plain_thread
+
+    if username == "superuser":
+        username = request.getfixturevalue("superuser")
     make_page = request.getfixturevalue("page_factory")
     core.publish(sid, EventType.MESSAGE, {"n": 0})
     page = make_page(asgi_server.url, username)
@@ -553,11 +586,18 @@ def test_forged_markup_never_reaches_a_live_page(
     expect(listing.locator("#session-rows tr").first).to_have_attribute("data-session-id", newer)
     for p in (page, listing):
         expect(p.locator("[data-live-indicator]")).to_have_attribute("data-state", "connected")
-        assert p.locator("#pwned, #pwned-row").count() == 0
+        assert p.locator("#pwned, #pwned-admin, #pwned-row").count() == 0
     assert page.locator("#timeline .event").count() == 2
     assert posts == [] and list_posts == []
     events = core.run(sid, lambda c: c.events())
     assert EventType.SESSION_CLOSED not in [e.type for e in events]
+    django_db_blocker = request.getfixturevalue("django_db_blocker")
+
+    def mallory_exists() -> bool:
+        with django_db_blocker.unblock():
+            return User.objects.filter(username="mallory").exists()
+
+    assert not in_plain_thread(mallory_exists)
     figures(
         f"forged channel-layer messages on live pages ({username})",
         f"{sent} forged messages (markup with hx-post, websocket.receive/disconnect, "
