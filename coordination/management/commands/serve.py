@@ -39,6 +39,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, host: str, port: int, no_agents: bool, **options):
+        # Ctrl-C is how serve is stopped. A shell starts background jobs with SIGINT ignored,
+        # and Python keeps an ignored SIGINT ignored, so serve started from a script would not
+        # stop on it (seen: the serve test hung when the suite ran as a background job).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         embedded = None
         children: list[subprocess.Popen] = []
         try:
