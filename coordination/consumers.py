@@ -5,6 +5,7 @@ what came after from Redis, then forwards live events, dropping any it already s
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from urllib.parse import parse_qs
@@ -45,6 +46,7 @@ FRAME_BYTES = 256 * 1024
 REPLAY_BYTES = 2 * 1024 * 1024
 BUFFER_BYTES = 4 * 1024 * 1024
 REPLAY_PAGE = 25  # events read per round trip while replaying (each at most the payload limit)
+OUTBOX_BYTES = 8 * 1024 * 1024  # frames waiting for one client that does not read
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_BAD_REQUEST = 4400
 MAX_FRAME_CHARS = 4096  # the pages send {"resume": "<event id>"} and nothing else
@@ -83,6 +85,69 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
                 )
 
         self._layer_receive = accepted
+
+    # -- the outbox: frames wait here, not in the handler, for a client that reads slowly ----
+
+    @property
+    def base_send(self):
+        return self._queue_for_client
+
+    @base_send.setter
+    def base_send(self, send):
+        # Channels' AsyncConsumer.__call__ sets this to the ASGI server's send. Awaiting that
+        # send directly would stall this consumer while its client does not read, and the
+        # channel layer would keep queueing messages for it in memory without bound.
+        self._server_send = send
+        self._outbox: collections.deque[tuple[dict, int]] = collections.deque()
+        self._outbox_bytes = 0
+        self._outbox_ready = asyncio.Event()
+        self._outbox_closed = False
+        self._writer: asyncio.Task | None = None
+
+    async def _queue_for_client(self, message: dict) -> None:
+        """Queue a message for the client and return at once. Past ``OUTBOX_BYTES`` waiting,
+        the client is not keeping up: what waits is dropped and the socket is closed with
+        1013 (the page reconnects and its replay, bounded too, catches up from Redis)."""
+        if self._outbox_closed:
+            return
+        size = 0
+        if message.get("type") == "websocket.send":
+            size = len((message.get("text") or "").encode("utf-8")) + len(
+                message.get("bytes") or b""
+            )
+            if self._outbox_bytes + size > OUTBOX_BYTES:
+                log.warning(
+                    "closing a websocket whose client does not read (%d bytes waiting)",
+                    self._outbox_bytes,
+                )
+                self._outbox.clear()
+                self._outbox_bytes, size = 0, 0
+                message = {"type": "websocket.close", "code": CLOSE_TRY_AGAIN}
+        if message.get("type") == "websocket.close":
+            self._outbox_closed = True
+        self._outbox.append((message, size))
+        self._outbox_bytes += size
+        self._outbox_ready.set()
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_outbox())
+
+    async def _write_outbox(self) -> None:
+        """Hand queued messages to the server, in order, as fast as the client takes them."""
+        while True:
+            while not self._outbox:
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+            message, size = self._outbox.popleft()
+            try:
+                await self._server_send(message)
+            except Exception as exc:  # the client is gone; its disconnect ends the consumer
+                log.debug("websocket send failed: %s", exc)
+                self._outbox.clear()
+                self._outbox_bytes = 0
+                return
+            self._outbox_bytes -= size
+            if message.get("type") == "websocket.close":
+                return
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         """A frame from the browser is untrusted: one that is binary, empty, too long, not
@@ -125,6 +190,9 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
         open_websockets.opened()
 
     async def websocket_disconnect(self, message):
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.cancel()  # the client is gone: what it did not take is dropped
         watch = getattr(self, "_redis_watch", None)
         if watch is not None:
             watch.cancel()

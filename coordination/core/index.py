@@ -14,7 +14,7 @@ from .connection import is_cluster
 from .coordinator import validate_event_id
 from .errors import InvalidCursor, InvalidSessionId
 from .events import Event, clean_text, encode_json, event_from_fields, is_stream_id
-from .keys import STATUSES, validate_agent_id, validate_session_id
+from .keys import MAX_ID_LENGTH, STATUSES, validate_agent_id, validate_session_id
 from .scripts import clear_session_script, heartbeat_script
 
 MAX_PAGE = 200
@@ -105,6 +105,14 @@ def _seconds(value: float | None) -> float | None:
     return value
 
 
+def _text(value: str | None) -> str | None:
+    """A stored name (owner, status, queue...), cut to the longest id the core accepts: the
+    core never writes more, and a page shows every one of them."""
+    if not value:
+        return None
+    return value if len(value) <= MAX_ID_LENGTH else value[: MAX_ID_LENGTH - 1] + "…"
+
+
 def _ms(value: str | None) -> float | None:
     ms = _int(value) if value else None
     return None if ms is None else _seconds(ms / 1000.0)
@@ -175,17 +183,17 @@ def _valid_session_id(session_id: str) -> bool:
 def _summary(session_id: str, meta: dict[str, str], claim: dict[str, str]) -> SessionSummary:
     return SessionSummary(
         session_id=session_id,
-        status=meta.get("status") or "active",
-        owner=meta.get("owner") or None,
-        controller=meta.get("controller") or None,
-        last_event_id=meta.get("last_id") or None,
-        last_event_type=meta.get("last_type") or None,
+        status=_text(meta.get("status")) or "active",
+        owner=_text(meta.get("owner")),
+        controller=_text(meta.get("controller")),
+        last_event_id=meta.get("last_id") if is_stream_id(meta.get("last_id")) else None,
+        last_event_type=_text(meta.get("last_type")),
         last_activity=_ms(meta.get("last_ms")),
         created=_ms(meta.get("created")),
         taken_at=_ms(meta.get("taken_ms")),
         escalated_at=_ms(meta.get("escalated_ms")),
-        escalation_queue=meta.get("esc_queue") or None,
-        claim_agent=claim.get("agent"),
+        escalation_queue=_text(meta.get("esc_queue")),
+        claim_agent=_text(claim.get("agent")),
         # stored numbers are parsed defensively: anyone holding REDIS_URL can write these
         claim_token=_int(claim.get("token")) if claim.get("token") else None,
         claim_expires_at=_ms(claim.get("expires")),
@@ -504,7 +512,7 @@ class SessionIndex(RedisBacked):
             last_seen = _seconds(score / 1000.0) or 0.0
             result.append(
                 AgentPresence(
-                    agent_id=agent_id,
+                    agent_id=_text(agent_id) or "(empty)",
                     capabilities=(
                         [invalid] if invalid else presence_capabilities(record.get("capabilities"))
                     ),

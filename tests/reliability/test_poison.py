@@ -303,6 +303,7 @@ def test_raw_session_fields_state_and_counters_of_wrong_types(browse, redis_sync
     bodies = walk(browse, [sid])
     page = bodies[reverse("coordination:session", args=[sid])]
     assert "&lt;b&gt;escalated&lt;/b&gt;" in page
+    assert "x" * 300 not in page  # a stored name is cut to the longest id the core accepts
     assert "(invalid value)" in page and "{oops" in page
     assert "&lt;script&gt;" in page
     detail = json.loads(bodies[f"/api/v1/sessions/{sid}"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -256,4 +257,116 @@ def test_a_large_session_in_the_browser(asgi_server, page_factory, core, sid, fi
         'page load, a second socket sending {"resume": "0"}, one more 1 MB event live',
         f"page {size} bytes; replay {len(measured)} frames, largest {max(measured)}, total "
         f"{sum(measured)} bytes; the live row cut, its whole value one click away",
+    )
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def _login_cookies(base_url: str, username: str = "alice") -> str:
+    """Sign in over plain HTTP, as a script would; returns the Cookie header."""
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    from ..browser.conftest import PASSWORD
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    form = opener.open(f"{base_url}/login/", timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    body = urllib.parse.urlencode(
+        {"username": username, "password": PASSWORD, "csrfmiddlewaretoken": token}
+    ).encode()
+    request = urllib.request.Request(f"{base_url}/login/", data=body, headers={"Referer": base_url})
+    opener.open(request, timeout=10).read()
+    cookies = {c.name: c.value for c in jar}
+    assert "sessionid" in cookies, "the sign-in failed"
+    return "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+
+@pytest.mark.browser  # a live server, started with the browser tests' fixtures
+def test_a_client_that_never_reads_is_cut_off_not_buffered(
+    asgi_server, core, sid, agent_loop, figures
+):
+    import socket
+    import urllib.request
+
+    from websockets.asyncio.client import connect
+
+    from coordination.consumers import OUTBOX_BYTES
+
+    core.publish(sid, EventType.MESSAGE, {"first": 1})
+    cookie = _login_cookies(asgi_server.url)
+    pid = asgi_server.process.pid
+
+    async def open_and_never_read():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that barely reads
+        sock.connect(("127.0.0.1", asgi_server.port))
+        ws = await connect(
+            f"ws://127.0.0.1:{asgi_server.port}/ws/session/{sid}/",
+            sock=sock,
+            origin=asgi_server.url,
+            additional_headers={"Cookie": cookie},
+            compression=None,
+            max_queue=1,
+            ping_interval=None,
+            max_size=None,
+        )
+        await ws.send('{"resume": "0"}')
+        return ws
+
+    ws = asyncio.run_coroutine_threadsafe(open_and_never_read(), agent_loop).result(30)
+    try:
+        before = _rss_bytes(pid)
+        # ~64 kB rows ("<" escapes to "&lt;"): 400 of them are ~26 MB of frames for one client
+        flood = 400
+
+        async def publish_flood():
+            coord = AgentCoordinator(sid, core_url, namespace=core_ns)
+            for i in range(flood):
+                await coord.publish(
+                    EventType.MESSAGE, {"i": i, "blob": "<" * PAYLOAD_DISPLAY_BYTES}
+                )
+
+        core_url, core_ns = asgi_server.env["REDIS_URL"], asgi_server.env["COORDINATION_NAMESPACE"]
+        asyncio.run_coroutine_threadsafe(publish_flood(), agent_loop).result(120)
+        started = time.monotonic()
+        with urllib.request.urlopen(f"{asgi_server.url}/healthz", timeout=10) as health:
+            assert health.status == 200
+        health_seconds = time.monotonic() - started
+
+        async def closed_code(deadline: float = 60.0):
+            """Now read: what the server sent ends with its close frame."""
+            received = 0
+            async with asyncio.timeout(deadline):
+                try:
+                    async for frame in ws:
+                        received += len(frame)
+                except Exception:
+                    pass
+            return ws.close_code, received
+
+        code, received = asyncio.run_coroutine_threadsafe(closed_code(), agent_loop).result(90)
+        grown = _rss_bytes(pid) - before
+    finally:
+        asyncio.run_coroutine_threadsafe(ws.close(), agent_loop).result(30)
+    assert code == 1013, code  # closed as "try again": the page reconnects and replays
+    # what reached it: at most the outbox, the kernel's send buffer and a few frames in flight
+    with open("/proc/sys/net/ipv4/tcp_wmem") as wmem:
+        kernel_buffer = int(wmem.read().split()[2])
+    assert received < OUTBOX_BYTES + kernel_buffer + 4 * FRAME_BOUND, received
+    # the relay's own batch (all 400 rows rendered at once, in this process) dominates this
+    assert grown < 256 * 1024 * 1024, grown
+    assert health_seconds < 2
+    figures(
+        "a websocket client that never reads",
+        f"resume 0, then {flood} events whose rows are ~64 kB live (~26 MB of frames), the "
+        "client's receive buffer 4 kB and never read",
+        f"closed with 1013 after {received} bytes reached it; server RSS grew {grown // 1024} kB; "
+        f"/healthz answered in {health_seconds:.2f} s",
     )
