@@ -31,8 +31,10 @@ async def test_one_relay_leads_and_another_takes_over_resuming_from_the_cursor(
     await layer.group_add(session_group("s-relay"), channel)
     index = SessionIndex(redis_url, namespace=namespace)
     coord = AgentCoordinator("s-relay", redis_url, namespace=namespace)
-    first = Relay(index, lease_ttl=1.0, flush_interval=0.05, worker_id="w1")
-    second = Relay(index, lease_ttl=1.0, flush_interval=0.05, worker_id="w2")
+    # A 5 s lease: only a stall that long may move the lease before the test stops the first
+    # relay (a 1 s lease moved under a loaded machine's stalls, and both relays sent a batch).
+    first = Relay(index, lease_ttl=5.0, flush_interval=0.05, worker_id="w1")
+    second = Relay(index, lease_ttl=5.0, flush_interval=0.05, worker_id="w2")
     t1 = asyncio.create_task(first.run())
     await eventually(lambda: first.is_leader, "the first relay to take the lease")
     t2 = asyncio.create_task(second.run())
