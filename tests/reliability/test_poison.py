@@ -16,10 +16,14 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.urls import reverse
 from django.utils.html import escape
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from playwright.sync_api import expect
 
 from coordination import AgentCoordinator, EventType, SessionIndex
+from coordination.core.events import event_from_fields
 from coordination.core.keys import Keyspace
+from coordination.fragments import event_item
 from coordination.models import ApiToken
 from coordination.routing import websocket_urlpatterns
 
@@ -417,3 +421,33 @@ def test_poisoned_events_show_live_then_the_same_after_a_reload(
         "relay kept going, rows pushed live equal the rows after a reload, no script ran",
     )
     assert SessionIndex  # the index the relay reads is the one the pages read
+
+
+# -- any stored entry renders ----------------------------------------------------------------------
+
+# text as JSON decoding can produce it: any code point, lone surrogates included
+_text = st.text(alphabet=st.characters(codec=None, categories=None), max_size=40)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    etype=_text,
+    source=st.none() | _text,
+    payload=st.one_of(_json.map(lambda v: json.dumps(v)), _text),
+    entry_id=st.sampled_from(["1700000000000-0", "0-1", "99999999999999999999-0"]),
+)
+def test_any_stored_entry_renders_as_a_row_that_can_be_sent(etype, source, payload, entry_id):
+    """What the relay does with every feed entry: decode it and render its row. Whatever an
+    agent stored, that must not raise, and the row must encode as UTF-8 (a frame or a page)."""
+    fields = {"t": etype, "d": payload}
+    if source is not None:
+        fields["src"] = source
+    item = event_item(event_from_fields("s-1", entry_id, fields))
+    item["html"].encode("utf-8")
+    assert item["id"] == entry_id
+    assert "<script" not in item["html"].lower()
