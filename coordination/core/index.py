@@ -450,7 +450,8 @@ class SessionIndex(RedisBacked):
             self.redis.hmget(self.keys.stats, [str(minute), str(minute - 1)])
         )
         elapsed = (now_ms % 60000) / 60000
-        return int(int(current or 0) + int(previous or 0) * (1 - elapsed))
+        # counters anyone with REDIS_URL can overwrite: what does not parse counts as 0
+        return int((_int(current) or 0) + (_int(previous) or 0) * (1 - elapsed))
 
     async def counters(self) -> dict[str, int]:
         """The monotonic counters (``events:<type>``, ``claims:won``, ...), since they began."""

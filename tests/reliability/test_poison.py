@@ -304,6 +304,8 @@ def test_raw_session_fields_state_and_counters_of_wrong_types(browse, redis_sync
     redis_sync.hset(keys.counters, mapping={"events:message": "many", "interventions:x": "1"})
     redis_sync.hset(keys.workers, mapping={"w1": "not json", "w2": '{"websockets": "lots"}'})
     redis_sync.set(f"{namespace}:{{relay}}:cursor", "not-an-id")
+    minute = int(time.time() // 60)
+    redis_sync.hset(keys.stats, mapping={str(minute): "lots", str(minute - 1): "1e9"})
     bodies = walk(browse, [sid])
     page = bodies[reverse("coordination:session", args=[sid])]
     assert "&lt;b&gt;escalated&lt;/b&gt;" in page
