@@ -370,3 +370,36 @@ def test_a_client_that_never_reads_is_cut_off_not_buffered(
         f"closed with 1013 after {received} bytes reached it; server RSS grew {grown // 1024} kB; "
         f"/healthz answered in {health_seconds:.2f} s",
     )
+
+
+@pytest.mark.django_db
+def test_api_pages_of_large_events_are_bounded_in_bytes_and_continue(
+    client,
+    supervisor,  # noqa: F811
+    large_session,
+    figures,
+):
+    from coordination.api import API_RESPONSE_BYTES
+    from coordination.models import ApiToken
+
+    sid, ids = large_session
+    _, token = ApiToken.issue(supervisor, "size test")
+    headers = {"Authorization": f"Bearer {token}"}
+    seen, after, pages, largest = [], "-", 0, 0
+    while after is not None:
+        response = client.get(
+            f"/api/v1/events/{sid}", {"after": after, "limit": 1000}, headers=headers
+        )
+        assert response.status_code == 200
+        largest = max(largest, len(response.content))
+        assert len(response.content) < API_RESPONSE_BYTES + 2 * MB
+        body = response.json()
+        seen += [item["id"] for item in body["items"]]
+        after, pages = body["next_after"], pages + 1
+    assert [i for i in seen if i in ids] == ids  # every event once, in order, across pages
+    assert pages > 1
+    figures(
+        "JSON API events of a session of 20 events of 1 MB",
+        "GET /api/v1/events/<id>?limit=1000, following next_after",
+        f"{pages} pages, largest {largest} bytes; every event once",
+    )
