@@ -142,9 +142,7 @@ async def test_ten_supervisors_deciding_at_once_make_one_decision(make):
     lost = [o for o in outcomes if isinstance(o, AlreadyDecided)]
     assert len(won) == 1 and len(lost) == 9
     assert all(e.decided_by == won[0].by and e.approved == won[0].approved for e in lost)
-    decided = [
-        e for e in await deciders[0].events() if e.type is EventType.APPROVAL_DECIDED
-    ]
+    decided = [e for e in await deciders[0].events() if e.type is EventType.APPROVAL_DECIDED]
     assert len(decided) == 1 and decided[0].data["by"] == won[0].by
     assert (await make.index().get_session("s-race")).pending_approvals == 0
 
@@ -333,9 +331,7 @@ async def test_stale_queue_entries_are_dropped_when_read(make):
     )
     assert await index.approval_count() == 5
     page = await index.pending_approvals()
-    assert [(a.session_id, a.approval_id) for a in page.approvals] == [
-        ("s-live", live.approval_id)
-    ]
+    assert [(a.session_id, a.approval_id) for a in page.approvals] == [("s-live", live.approval_id)]
     assert await index.approval_count() == 1
 
 
