@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from ninja import Field, NinjaAPI, Query, Schema
 from ninja.security import HttpBearer
 
-from . import interventions
+from . import api_approvals, interventions
 from .actions import PERMISSION, dispatch
 from .core.errors import CoordinationError, InvalidSessionId, RedisUnavailable
 from .core.events import decode_stored_json
@@ -427,6 +427,10 @@ async def claim_next(request):
     actor = await _require_intervene(request)
     session_id, message = await interventions.claim_next_escalation(actor)
     return {"session_id": session_id, "message": message}
+
+
+# /approvals/: pending tool-call approvals and decisions on them (coordination/api_approvals.py)
+api.add_router("/approvals", api_approvals.router)
 
 
 def _as_dict(summary) -> dict[str, Any]:

@@ -415,4 +415,4 @@ class SessionConsumer(LoginRequiredConsumer):
         return "".join(
             render_to_string(f"coordination/session_detail.html#{part}", context)
             for part in ("summary", "actions", "state-table")
-        )
+        ) + render_to_string("coordination/_approvals.html#session-approvals", context)

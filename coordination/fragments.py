@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from asgiref.sync import sync_to_async
 from django.template.loader import render_to_string
 
+from .approvals_ui import overview_approvals_context, session_approvals_context
 from .core import STATUSES, Event, EventType, SessionIndex, SessionSummary
 from .core.events import decode_stored_json, is_stream_id
 from .display import PAYLOAD_DISPLAY_BYTES, payload_display, payload_query, short_text
@@ -35,6 +36,9 @@ SUMMARY_EVENTS = {
     EventType.HUMAN_TAKEOVER,
     EventType.HUMAN_HANDBACK,
     EventType.SESSION_CLOSED,
+    # the approvals panel (drawn with the header, see header_context)
+    EventType.APPROVAL_REQUESTED,
+    EventType.APPROVAL_DECIDED,
 }
 
 
@@ -125,7 +129,9 @@ async def overview_context(index: SessionIndex) -> dict[str, Any]:
         index.agents(limit=50),
         index.events_per_minute(),
     )
+    approvals = await overview_approvals_context(index)
     return {
+        **approvals,
         "counts": counts,
         "total": sum(counts.values()),
         "queue": queue,
@@ -143,6 +149,10 @@ def render_overview_live(context: dict[str, Any], request=None) -> str:
             f"coordination/overview.html#{p}", {**context, "oob": True}, request=request
         )
         for p in parts
+    ) + render_to_string(
+        "coordination/_approvals.html#overview-approvals",
+        {**context, "oob": True},
+        request=request,
     )
 
 
@@ -162,10 +172,13 @@ def render_session_row(
 
 async def header_context(session_id: str, summary: SessionSummary) -> dict[str, Any]:
     """What the session page's live header shows: the summary and the shared state."""
-    (state, state_more), agents = await asyncio.gather(
-        state_rows(session_id), session_index().agents(limit=200)
+    (state, state_more), agents, approvals = await asyncio.gather(
+        state_rows(session_id),
+        session_index().agents(limit=200),
+        session_approvals_context(session_id),
     )
     return {
+        **approvals,
         "s": summary,
         "state": state,
         "state_more": state_more,

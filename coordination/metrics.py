@@ -71,6 +71,7 @@ async def gather_families() -> list:
         sessions,
         *counter_families(counters),
         *sla_families(longest_waiting),
+        *await approval_families(index),
         GaugeMetricFamily(
             "coordinator_websocket_clients",
             "Open dashboard websockets, all server processes",
@@ -129,6 +130,25 @@ def sla_families(longest_waiting: list) -> list:
         waiting.add_metric([queue], total)
         over.add_metric([queue], late)
     return [waiting, over]
+
+
+async def approval_families(index) -> list:
+    """Agents' approval requests waiting for a person, and the oldest one's wait."""
+    oldest = await index.pending_approvals(limit=1)  # drops stale queue entries it meets
+    count = await index.approval_count()
+    requested = oldest.approvals[0].requested_at if oldest.approvals else None
+    return [
+        GaugeMetricFamily(
+            "coordinator_approvals_waiting",
+            "Approval requests waiting for a decision",
+            value=count,
+        ),
+        GaugeMetricFamily(
+            "coordinator_approvals_oldest_wait_seconds",
+            "How long the oldest pending approval request has waited",
+            value=max(0.0, time.time() - requested) if requested else 0,
+        ),
+    ]
 
 
 def counter_families(counters: dict[str, int]) -> list:

@@ -16,6 +16,8 @@ class AuditEntry(models.Model):
         NOTE = "note", "Note"
         CLOSE = "close", "Close session"
         STATE_EDIT = "state_edit", "Edit state"
+        APPROVE = "approve", "Approve tool call"
+        REJECT = "reject", "Reject tool call"
 
     created = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(

@@ -2,6 +2,7 @@ from django.urls import path
 
 from . import (
     actions,
+    approval_views,
     session_urls,  # noqa: F401  (registers the "sid" converter)
     views,
 )
@@ -22,6 +23,8 @@ urlpatterns = [
     # one event's payload or state value, whole: ?session=<id>&event=<id> or &key=<key>
     path("payload/", views.payload, name="payload"),
     path("act-bulk/", actions.bulk, name="bulk"),
+    # before the generic act/<action>/: "decide" is not one of its actions
+    path("act/decide/<sid:session_id>/", approval_views.decide_view, name="decide"),
     path("act/<slug:action>/<sid:session_id>/", actions.act, name="act"),
     path("escalations/claim-next/", actions.claim_next, name="claim_next"),
 ]

@@ -95,6 +95,8 @@ COORDINATION_AGENT_STALE_AFTER = env_number("COORDINATION_AGENT_STALE_AFTER", 60
 COORDINATION_ESCALATION_SLA = env_number("COORDINATION_ESCALATION_SLA", 300)
 # The same per escalation queue (an escalation names its queue in data["queue"]).
 COORDINATION_ESCALATION_SLAS = env_slas("COORDINATION_ESCALATION_SLAS")
+# Seconds an agent's approval request may wait for a decision before it is highlighted.
+COORDINATION_APPROVAL_SLA = env_number("COORDINATION_APPROVAL_SLA", 120)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

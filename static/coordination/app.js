@@ -232,19 +232,24 @@
     osc.start();
     osc.stop(audio.currentTime + 0.4);
   }
+  // Approval requests alert the same way: elements marked data-approval="<session> <approval id>".
+  var ALERT_KINDS = [["data-escalation", "Session escalated"], ["data-approval", "Approval requested"]];
   function scanEscalations(alert) {
-    document.querySelectorAll("[data-escalation]").forEach(function (el) {
-      var key = el.getAttribute("data-escalation");
-      if (knownEscalations.has(key)) return;
-      knownEscalations.add(key);
-      if (!alert || !alertsOn()) return;
-      var session = key.slice(0, key.lastIndexOf(" "));
-      alertLog.push(session);
-      beep();
-      if (window.Notification && Notification.permission === "granted") {
-        // the session id is agent data: a notification shows it as plain text
-        new Notification("Session escalated", { body: session, tag: key });
-      }
+    ALERT_KINDS.forEach(function (kind) {
+      document.querySelectorAll("[" + kind[0] + "]").forEach(function (el) {
+        var key = kind[0] + " " + el.getAttribute(kind[0]);
+        if (knownEscalations.has(key)) return;
+        knownEscalations.add(key);
+        if (!alert || !alertsOn()) return;
+        var value = el.getAttribute(kind[0]);
+        var session = value.slice(0, value.lastIndexOf(" "));
+        alertLog.push(kind[0] === "data-escalation" ? session : { title: kind[1], session: session });
+        beep();
+        if (window.Notification && Notification.permission === "granted") {
+          // the session id is agent data: a notification shows it as plain text
+          new Notification(kind[1], { body: session, tag: key });
+        }
+      });
     });
   }
   document.addEventListener("click", function (e) {
