@@ -359,3 +359,30 @@ async def test_saved_runs_are_claimed_once(make):
     await coord.delete_run("run1")
     assert await coord.saved_runs() == {}
     assert not await coord.claim_run("run1", "worker9")
+
+
+async def test_records_written_around_the_core_are_not_trusted(make):
+    """Anyone holding REDIS_URL can write the approvals hash; readers skip what the core
+    could not have written, and deciding one fails as a CoordinationError."""
+    coord = make.coordinator("s-forged")
+    real = await coord.request_approval("refund", {})
+    key = coord.keys.session("s-forged").approvals
+    await coord.redis.hset(
+        key,
+        mapping={
+            "notjson": "{{{",
+            "list": "[1, 2]",
+            "badstatus": '{"id": "badstatus", "status": "approved!!"}',
+            "deep": "[" * 100_000,
+        },
+    )
+    await coord.redis.zadd(make.index().keys.approvals, {"s-forged\0notjson": 1})
+    assert await coord.get_approval("notjson") is None
+    assert await coord.get_approval("deep") is None
+    assert [a.approval_id for a in await coord.approvals()] == [real.approval_id]
+    for forged in ("notjson", "list", "badstatus"):
+        with pytest.raises(CoordinationError):
+            await coord.decide(forged, True, by="human:alice")
+    page = await make.index().pending_approvals()
+    assert [a.approval_id for a in page.approvals] == [real.approval_id]
+    assert (await coord.decide(real.approval_id, True, by="human:alice")).approved

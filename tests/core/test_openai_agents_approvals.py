@@ -8,13 +8,14 @@ import asyncio
 import pytest
 from agents import Agent, Runner, function_tool, set_tracing_disabled
 
-from coordination import DecisionTimeout, EventType
+from coordination import DecisionTimeout, Event, EventType
 from coordination.integrations.openai_agents import (
     CoordinationSession,
     RunClaimedElsewhere,
     resume_pending,
     run_guarded,
 )
+from coordination.integrations.openai_session import item_from_event
 from coordination.integrations.scripted_model import ScriptedModel, ToolCall
 
 set_tracing_disabled(True)
@@ -234,3 +235,51 @@ async def test_session_pop_and_clear_keep_the_transcript(make):
     result = await Runner.run(agent, "four", session=session)
     assert result.final_output == "echo four"
     assert [i.get("content") for i in await session.get_items()][:2] == ["three", "four"]
+
+
+async def test_an_approved_run_with_session_memory_keeps_one_transcript(make):
+    coord = make.coordinator("sdk-both")
+    desk = Desk()
+    session = CoordinationSession(coord)
+    run = asyncio.create_task(
+        run_guarded(desk.agent, "refund A1", coordinator=coord, session=session)
+    )
+    event = await requested(coord)
+    await coord.decide(event.data["approval_id"], True, by="human:alice")
+    await asyncio.wait_for(run, 30)
+    assert desk.refunds == [("A1", 120)]
+    items = await session.get_items()
+    kinds = [i.get("type") or i.get("role") for i in items]
+    assert kinds == ["user", "function_call", "function_call_output", "message"]
+    messages = [e.data["role"] for e in await coord.events() if e.type is EventType.MESSAGE]
+    assert messages == ["customer", "tool", "tool", "agent"]
+
+
+def _event(etype, data, source=None):
+    return Event(id="1-0", type=etype, data=data, session_id="s", timestamp=0.0, source=source)
+
+
+def test_how_events_read_as_the_agents_memory():
+    handback = _event(
+        EventType.HUMAN_HANDBACK, {"by": "human:alice", "resolution": "refund approved"}
+    )
+    assert item_from_event(handback) == {
+        "role": "developer",
+        "content": "Human supervisor alice handed the conversation back (resolution: refund approved).",
+    }
+    reply = _event(EventType.MESSAGE, {"role": "human", "text": "hi \ud800"}, "human:bob")
+    assert item_from_event(reply) == {
+        "role": "assistant",
+        "content": "[Reply sent by human supervisor bob] hi \ufffd",
+    }
+    # what is not conversation, or not well formed, is left out rather than failing the run
+    for etype, data in [
+        (EventType.MESSAGE, {"role": "human", "text": 42}),
+        (EventType.MESSAGE, {"role": "customer"}),
+        (EventType.MESSAGE, {"role": "martian", "text": "x"}),
+        (EventType.MESSAGE, {"sdk_item": "not a dict"}),
+        (EventType.NOTE, {"text": ["x"]}),
+        (EventType.STATE_CHANGED, {"key": "k"}),
+        (EventType.APPROVAL_DECIDED, {"approval_id": "a"}),
+    ]:
+        assert item_from_event(_event(etype, data)) is None
