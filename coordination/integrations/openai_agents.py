@@ -18,7 +18,9 @@ tool call: <message>"; an expired request: "No supervisor decided on this tool c
 it was not run."). Before resuming, the saved run is claimed (``claim_run``): one process
 resumes it, so a second process (``resume_pending`` after a restart) cannot run an approved
 tool again. A crash after the claim leaves the run claimed and it is not retried: the tool may
-already have run (at most once, never twice).
+already have run (at most once, never twice). A human who took the session over while the run
+waited stops it before the claim (``SessionTakenOver``): it stays saved, decisions included,
+and ``resume_pending`` continues it after the hand-back.
 
 Edited arguments: the SDK (0.24) cannot run a call with other arguments than the model's. A
 decision that approves with edited ``args`` is passed to the model as a rejection that names
