@@ -49,14 +49,18 @@ async def dispatch(action: str, actor: Actor, session_id: str, form) -> str:
             return await interventions.take_over(actor, session_id)
         case "hand-back":
             return await interventions.hand_back(
-                actor, session_id, form.get("to_agent", ""), form.get("expected_controller")
+                actor,
+                session_id,
+                form.get("to_agent", ""),
+                form.get("expected_controller"),
+                form.get("resolution"),
             )
         case "release":
             return await interventions.release(actor, session_id, form.get("expected_owner"))
         case "reassign":
             to_agent = form.get("to_agent_typed", "").strip() or form.get("to_agent", "")
             return await interventions.reassign(
-                actor, session_id, to_agent, form.get("expected_owner")
+                actor, session_id, to_agent, form.get("expected_owner"), _ticked(form.get("force"))
             )
         case "reply":
             return await interventions.reply(actor, session_id, form.get("text", ""))
@@ -120,6 +124,7 @@ def _bulk_form(request: HttpRequest, session_id: str) -> dict[str, str | None]:
     post = request.POST
     return {
         "to_agent": post.get("to_agent", ""),
+        "force": post.get("force"),
         "expected_owner": post.get(f"owner:{session_id}"),
         "expected_controller": post.get(f"controller:{session_id}"),
     }
@@ -161,6 +166,11 @@ async def bulk(request: HttpRequest) -> HttpResponse:
         return render(request, "coordination/sessions.html#bulk-results", context)
     context["nav"] = "sessions"
     return render(request, "coordination/bulk_results.html", context, status=400 if error else 200)
+
+
+def _ticked(value: object) -> bool:
+    """A checkbox (``"on"``) or the API's boolean."""
+    return value is True or str(value or "").strip().lower() in {"on", "1", "true", "yes"}
 
 
 def _is_session_id(value: str) -> bool:

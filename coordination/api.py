@@ -177,6 +177,12 @@ class InterventionIn(Schema):
         None, max_length=256, description="hand-back: refuse if someone else took over"
     )
     text: str | None = Field(None, max_length=4000, description="reply, note")
+    resolution: str | None = Field(
+        None, max_length=4000, description="hand-back: what the human decided, for the agent"
+    )
+    force: bool | None = Field(
+        None, description="reassign: accept an agent that has never reported in"
+    )
 
 
 class InterventionOut(Schema):

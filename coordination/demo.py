@@ -2,6 +2,9 @@
 specialists) over many sessions at once, with the real core. It obeys supervisors: a takeover
 stops the agent before its next turn, a hand-back or reassignment hands the session to the
 named agent, a forced release stops the holder and the session goes back to the queue.
+An agent that continues a session after a hand-back reads what the humans said and decided
+(replies, notes, the hand-back's resolution) and does not escalate again for a reason a human
+resolved. Sessions left waiting (a released claim) are picked up by the category's specialist.
 
 Offline by default (a scripted model); with ``OPENAI_API_KEY`` set it uses real models.
 """
@@ -12,6 +15,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -26,6 +30,7 @@ from .core import (
     SessionIndex,
     SessionTakenOver,
 )
+from .integrations.human_context import read_human_context
 from .integrations.openai_agents import CoordinationHooks, run_guarded
 from .integrations.scripted_model import ScriptedModel
 
@@ -58,6 +63,7 @@ class FleetSettings:
     pace: float = 1.5  # seconds between an agent's turns (0 in tests)
     escalation_chance: float = 0.25
     claim_ttl: float = 15.0
+    pickup_after: float = 5.0  # seconds a session may wait before a specialist picks it up
     prefix: str = "demo"
     seed: int | None = None
 
@@ -80,6 +86,7 @@ class Fleet:
         self.outcomes: dict[str, str] = {}  # session id -> why its last agent stopped
         offline = not os.environ.get("OPENAI_API_KEY") if self.offline is None else self.offline
         model = ScriptedModel() if offline else None
+        self.model = model  # the offline model (tests read what it was asked)
         if model is not None:
             set_tracing_disabled(True)
         self.triage_agent = Agent(
@@ -106,6 +113,7 @@ class Fleet:
             asyncio.create_task(self._presence(), name="presence"),
             asyncio.create_task(self._follow_feed(), name="feed"),
             asyncio.create_task(self._start_sessions(), name="sessions"),
+            asyncio.create_task(self._pick_up_waiting(), name="pickup"),
         ]
         try:
             if deadline is None:
@@ -195,8 +203,26 @@ class Fleet:
                 self._spawn(sid, data["to_agent"], claim=False)
             else:  # back to the queue: the specialist of the session's category claims it
                 self._spawn(sid, None, claim=True)
-        elif event.type is EventType.HANDOFF_RELEASED and data.get("forced"):
-            self._spawn(sid, data.get("agent_id"), claim=True, delay=3.0)
+        elif event.type is EventType.HANDOFF_RELEASED and (
+            data.get("forced") or str(data.get("by") or "").startswith("human:")
+        ):
+            # a supervisor released the claim: the session waits; a specialist picks it up
+            self._spawn(sid, None, claim=True, delay=3.0)
+
+    async def _pick_up_waiting(self) -> None:
+        """Specialists claim sessions left waiting (a released claim, a hand-back to the
+        queue whose claimer lost the race), so none stays waiting for good."""
+        key = self.index.keys.status["waiting"]
+        while True:
+            now_ms = time.time() * 1000
+            rows = await self.index.call(self.index.redis.zrange(key, 0, 99, withscores=True))
+            for sid, since_ms in rows:
+                if not sid.startswith(self.settings.prefix + "-") or sid.endswith("-lobby"):
+                    continue
+                if now_ms - since_ms >= self.settings.pickup_after * 1000:
+                    if not any(k.startswith(sid + "|") for k in self.workers):
+                        self._spawn(sid, None, claim=True)
+            await asyncio.sleep(max(0.2, min(2.0, self.settings.pickup_after / 2)))
 
     def _spawn(
         self, session_id: str, agent: str | None, *, claim: bool, delay: float = 0.0
@@ -238,6 +264,9 @@ class Fleet:
             return "not claimed"
         hooks = CoordinationHooks(coord)
         query = await coord.get_state("customer_query", "")
+        # what people replied, noted and decided: the agent continues from it
+        humans = await read_human_context(coord)
+        prompt = humans.as_input(query)
         try:
             await coord.set_state("issue_status", "in_progress", by=agent)
             await coord.set_state("current_agent", agent, by=agent)
@@ -246,7 +275,7 @@ class Fleet:
                 await hooks.check_control()  # before the claim: a takeover also ends the claim
                 await self.atomic.renew_handoff(session_id, agent, ttl=self.settings.claim_ttl)
                 result = await run_guarded(
-                    self.specialists[agent], query, coordinator=coord, hooks=hooks
+                    self.specialists[agent], prompt, coordinator=coord, hooks=hooks
                 )
                 await coord.publish(
                     EventType.MESSAGE,
@@ -254,7 +283,10 @@ class Fleet:
                     guard=True,
                 )
                 hint = await coord.get_state("escalation_hint")
-                if hint or self.random.random() < self.settings.escalation_chance / 3:
+                if hint in humans.resolved:
+                    hint = None  # a human resolved it: do not ask again
+                chance = 0.0 if humans.handed_back else self.settings.escalation_chance / 3
+                if hint or self.random.random() < chance:
                     await coord.escalate(hint or "customer asked for a manager", source=agent)
                     await self.atomic.release_handoff(session_id, agent)
                     return "escalated"

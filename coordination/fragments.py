@@ -183,6 +183,7 @@ async def header_context(session_id: str, summary: SessionSummary) -> dict[str, 
         "state": state,
         "state_more": state_more,
         "agents_online": [a for a in agents if not a.stale],
+        "agents_known": agents,  # reassign accepts these (online or stale)
     }
 
 

@@ -186,15 +186,30 @@ async def take_over(actor: Actor, session_id: str) -> str:
 
 
 async def hand_back(
-    actor: Actor, session_id: str, to_agent: str, expected_controller: str | None
+    actor: Actor,
+    session_id: str,
+    to_agent: str,
+    expected_controller: str | None,
+    resolution: str | None = None,
 ) -> str:
+    """End the takeover. ``resolution`` (optional) is what the human decided; it travels in
+    the hand-back event so the agent continues from it instead of escalating again."""
     target = _agent(to_agent) if to_agent.strip() else None
+    decided = (resolution or "").strip()
+    if len(decided) > MAX_TEXT:
+        raise InterventionRefused(
+            f"The resolution is {len(decided)} characters; the limit is {MAX_TEXT}."
+        )
 
     async def op(before):
         await coordinator(session_id).hand_back(
-            target, by=actor.name, expected_controller=_expected(expected_controller)
+            target,
+            by=actor.name,
+            expected_controller=_expected(expected_controller),
+            resolution=decided or None,
         )
-        return f"Handed back to {target}." if target else "Handed back to the queue."
+        where = f"Handed back to {target}" if target else "Handed back to the queue"
+        return f"{where} (resolution: {decided})." if decided else f"{where}."
 
     return await _perform(actor, AuditEntry.Action.HAND_BACK, session_id, op)
 
@@ -214,16 +229,43 @@ async def release(actor: Actor, session_id: str, expected_owner: str | None) -> 
     return await _perform(actor, AuditEntry.Action.RELEASE, session_id, op)
 
 
-async def reassign(actor: Actor, session_id: str, to_agent: str, expected_owner: str | None) -> str:
+async def agent_last_seen(agent_id: str) -> float | None:
+    """When ``agent_id`` last reported in (announcement or heartbeat), or None if never."""
+    index = session_index()
+    score = await index.call(index.redis.zscore(index.keys.agents_seen, agent_id))
+    return None if score is None else score / 1000.0
+
+
+async def reassign(
+    actor: Actor,
+    session_id: str,
+    to_agent: str,
+    expected_owner: str | None,
+    force: bool = False,
+) -> str:
+    """Give the session's claim to ``to_agent``. Only agents the index knows (online or stale)
+    are accepted unless ``force``: a typo would otherwise leave the session with an owner that
+    never comes. An escalated session stays in the escalation queue until the agent takes it up."""
     target = _agent(to_agent)
 
     async def op(before):
+        if not force and await agent_last_seen(target) is None:
+            raise InterventionRefused(
+                f"No agent named {target!r} has reported in; pick a known agent or tick "
+                "'force' to reassign anyway."
+            )
         token = await atomic_operations().reassign_handoff(
             session_id, target, by=actor.name, expected_owner=_expected(expected_owner)
         )
-        return f"Reassigned to {target} (token {token})."
+        kept = (
+            " The escalation stays in the queue until the agent takes the session up."
+            if before.status == "escalated"
+            else ""
+        )
+        return f"Reassigned to {target} (token {token}).{kept}"
 
-    return await _perform(actor, AuditEntry.Action.REASSIGN, session_id, op, f"to {target}")
+    detail = f"to {target}" + (" (forced)" if force else "")
+    return await _perform(actor, AuditEntry.Action.REASSIGN, session_id, op, detail)
 
 
 async def reply(actor: Actor, session_id: str, text: str) -> str:

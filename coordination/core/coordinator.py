@@ -6,11 +6,13 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .approvals import ApprovalsMixin
 from .base import DEFAULT_CLAIM_TTL, RedisBacked
 from .errors import (
+    CorruptStoredValue,
     InvalidCursor,
     NotHumanControlled,
     NotOwner,
@@ -20,7 +22,15 @@ from .errors import (
     SessionTakenOver,
     VersionConflict,
 )
-from .events import RESERVED_TYPES, Event, EventType, encode_json, encode_payload, event_from_fields
+from .events import (
+    RESERVED_TYPES,
+    Event,
+    EventType,
+    decode_stored_json,
+    encode_json,
+    encode_payload,
+    event_from_fields,
+)
 from .keys import validate_agent_id, validate_queue, validate_session_id
 from .scripts import (
     clear_session_script,
@@ -284,23 +294,44 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         result = await self._run(update_state_script, self.session_id, src, len(mapping), *args)
         if result[0] == 0:
             _, key, actual, raw = result
-            current = json.loads(raw) if raw else None
+            current, _ = decode_stored_json(raw)  # shown as stored, even if not JSON
             raise VersionConflict(self.session_id, key, expected[key], int(actual), current)
         pairs = result[1:]
         return {pairs[i]: int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
     async def get_state(self, key: str, default: Any = None) -> Any:
         raw = await self.call(self.redis.hget(self._keys.state, key))
-        return default if raw is None else json.loads(raw)
+        return default if raw is None else self._state_value(key, raw)
 
     async def get_all_state(self) -> dict[str, Any]:
         raw = await self.call(self.redis.hgetall(self._keys.state))
-        return {k: json.loads(v) for k, v in sorted(raw.items())}
+        return {k: self._state_value(k, v) for k, v in sorted(raw.items())}
 
-    async def get_state_versions(self) -> dict[str, tuple[Any, int]]:
-        """Every key with its value and version, read in one atomic step (for editors)."""
+    async def get_state_versions(self, *, keep_invalid: bool = False) -> dict[str, tuple[Any, int]]:
+        """Every key with its value and version, read in one atomic step (for editors).
+
+        A value written around the core that is not JSON raises ``CorruptStoredValue``, or
+        with ``keep_invalid=True`` comes back as an ``InvalidStoredValue`` holding the text, so
+        an editor can show it and let a person replace or delete it.
+        """
         values, versions = await self.read_hashes(self._keys.state, self._keys.versions)
-        return {k: (json.loads(v), int(versions.get(k, 0))) for k, v in sorted(values.items())}
+        return {
+            k: (
+                self._state_value(k, v, keep_invalid),
+                _version(self.session_id, k, versions.get(k), keep_invalid),
+            )
+            for k, v in sorted(values.items())
+        }
+
+    def _state_value(self, key: str, raw: str, keep_invalid: bool = False) -> Any:
+        """A stored state value; one written around the core (not JSON) raises a
+        ``CorruptStoredValue`` naming the key, never a bare decoding error."""
+        value, why = decode_stored_json(raw)
+        if why is None:
+            return value
+        if keep_invalid:
+            return InvalidStoredValue(value, why)
+        raise CorruptStoredValue(self.session_id, f"state[{key[:80]!r}]", why)
 
     # -- escalation and human control -----------------------------------------------------
 
@@ -340,11 +371,21 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         by: str | None = None,
         expected_controller: str | None = None,
         ttl: float = DEFAULT_CLAIM_TTL,
+        resolution: str | None = None,
     ) -> bool:
-        """End human control; the session goes to ``to_agent`` (claimed for it) or the queue."""
+        """End human control; the session goes to ``to_agent`` (claimed for it) or the queue.
+
+        ``resolution`` is what the human decided ("refund approved"): it travels in the
+        ``human_handback`` event so the agent that continues can act on it instead of asking
+        again."""
         if to_agent is not None:
             validate_agent_id(to_agent)
         expect = "0" if expected_controller is None else "1" + expected_controller
+        resolution_json = (
+            ""
+            if resolution is None
+            else encode_json(resolution, "resolution", self.max_payload_bytes)
+        )
         result = await self._run(
             handback_script,
             self.session_id,
@@ -352,6 +393,7 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
             int(ttl * 1000),
             by or "",
             expect,
+            resolution_json,
         )
         if result[0] == 0:
             if result[1] == "not_human":
@@ -371,6 +413,25 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         """Remove the session's events, state, claim, approvals, saved runs and index entries
         in one atomic step."""
         await self._run(clear_session_script, self.session_id)
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidStoredValue:
+    """A state value that is not JSON, as stored (cut to 1,000 characters when huge)."""
+
+    text: str
+    reason: str
+
+
+def _version(session_id: str, key: str, raw: str | None, keep_invalid: bool = False) -> int:
+    try:
+        return int(raw or 0)
+    except ValueError:
+        if keep_invalid:
+            return 0  # a compare-and-set against it fails, and the editor says so
+        raise CorruptStoredValue(
+            session_id, f"the version of state[{key[:80]!r}]", f"{raw[:40]!r} is not a number"
+        ) from None
 
 
 def _seconds(ms: str | int | None) -> float | None:

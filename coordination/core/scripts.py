@@ -268,12 +268,13 @@ if etype == 'session_closed' then
   if ARGV[10] == '1' and status == 'closed' then return {0, 'closed'} end
   new_status = 'closed'
   redis.call('DEL', K_CLAIM)
-  redis.call('HDEL', K_META, 'controller', 'taken_ms', 'escalated_ms', 'esc_queue')
+  redis.call('HDEL', K_META, 'controller', 'taken_ms', 'escalated_ms', 'esc_queue', 'esc_pending')
   set_owner('')
   idx('ZREM', 'esc', SID)
 elseif etype == 'escalated' then
   if status ~= 'human' then
     new_status = 'escalated'
+    redis.call('HDEL', K_META, 'esc_pending')
     -- the queue keeps the time of the first escalation
     if redis.call('HSETNX', K_META, 'escalated_ms', NOW) == 1 then
       idx('ZADD', 'esc', 'NX', NOW, SID)
@@ -315,7 +316,16 @@ if not holder or holder ~= ARGV[5] then return {0, holder or ''} end
 local ttl = tonumber(ARGV[6])
 redis.call('HSET', K_CLAIM, 'expires', NOW + ttl)
 redis.call('PEXPIRE', K_CLAIM, ttl)
-return {1, redis.call('HGET', K_CLAIM, 'token'), NOW + ttl}
+local token = redis.call('HGET', K_CLAIM, 'token')
+if meta('esc_pending') == holder then
+  -- an escalated session reassigned to this agent: it takes the session up now, so the
+  -- escalation leaves the queue (see REASSIGN)
+  redis.call('HDEL', K_META, 'esc_pending', 'escalated_ms', 'esc_queue')
+  idx('ZREM', 'esc', SID)
+  local data = '{"agent_id":' .. jstr(holder) .. ',"token":' .. token .. ',"ttl_ms":' .. ttl .. ',"reassigned":true}'
+  emit('handoff_claimed', data, holder, 'active')
+end
+return {1, token, NOW + ttl}
 """
 
 # ARGV[5] owner required ('' = forced), [6] by
@@ -346,12 +356,20 @@ if string.sub(ARGV[8], 1, 1) == '1' and string.sub(ARGV[8], 2) ~= holder then
 end
 local ttl = tonumber(ARGV[6])
 local token = grant_claim(ARGV[5], ttl)
-idx('ZREM', 'esc', SID)
-redis.call('HDEL', K_META, 'escalated_ms', 'esc_queue')
-local data = '{"from_agent":' .. jstr(holder) .. ',"to_agent":' .. jstr(ARGV[5]) .. ',"token":' .. token .. ',"ttl_ms":' .. ttl .. ',"by":' .. jstr(ARGV[7]) .. '}'
+local new_status, kept = 'active', ''
+if status == 'escalated' then
+  -- the escalation stays queued until the new agent takes the session up (its first renew):
+  -- an agent that never comes does not leave the session orphaned outside the queue
+  redis.call('HSET', K_META, 'esc_pending', ARGV[5])
+  new_status, kept = 'escalated', ',"escalation_kept":true'
+else
+  idx('ZREM', 'esc', SID)
+  redis.call('HDEL', K_META, 'escalated_ms', 'esc_queue', 'esc_pending')
+end
+local data = '{"from_agent":' .. jstr(holder) .. ',"to_agent":' .. jstr(ARGV[5]) .. ',"token":' .. token .. ',"ttl_ms":' .. ttl .. ',"by":' .. jstr(ARGV[7]) .. kept .. '}'
 local source = ARGV[7]
 if source == '' then source = ARGV[5] end
-return {1, emit('handoff_reassigned', data, source, 'active'), token}
+return {1, emit('handoff_reassigned', data, source, new_status), token}
 """
 
 # ARGV[5] supervisor, [6] reason JSON
@@ -365,7 +383,7 @@ if meta('status') == 'closed' then return {-1, '', ''} end
 local holder = redis.call('HGET', K_CLAIM, 'agent') or ''
 redis.call('DEL', K_CLAIM)
 redis.call('HSET', K_META, 'controller', ARGV[5], 'taken_ms', NOW)
-redis.call('HDEL', K_META, 'escalated_ms', 'esc_queue')
+redis.call('HDEL', K_META, 'escalated_ms', 'esc_queue', 'esc_pending')
 set_owner(ARGV[5])
 idx('ZREM', 'esc', SID)
 local data = '{"supervisor":' .. jstr(ARGV[5]) .. ',"previous_owner":' .. jstr(holder) .. ',"reason":' .. ARGV[6] .. ',"by":' .. jstr(ARGV[5]) .. '}'
@@ -373,7 +391,8 @@ emit('human_takeover', data, ARGV[5], 'human')
 return {1, ARGV[5], tostring(NOW)}
 """
 
-# ARGV[5] to agent ('' = back to the queue), [6] ttl ms, [7] by, [8] '1'..expected controller or '0'
+# ARGV[5] to agent ('' = back to the queue), [6] ttl ms, [7] by, [8] '1'..expected controller or '0',
+# [9] resolution JSON ('' = none: the event then has no "resolution" field, as before)
 HANDBACK = r"""
 local controller = meta('controller')
 if controller == '' then return {0, 'not_human', ''} end
@@ -391,7 +410,9 @@ else
 end
 local by = ARGV[7]
 if by == '' then by = controller end
-local data = '{"from":' .. jstr(controller) .. ',"to_agent":' .. jstr(ARGV[5]) .. ',"token":' .. token .. ',"by":' .. jstr(by) .. '}'
+local resolution = ''
+if ARGV[9] ~= nil and ARGV[9] ~= '' then resolution = ',"resolution":' .. ARGV[9] end
+local data = '{"from":' .. jstr(controller) .. ',"to_agent":' .. jstr(ARGV[5]) .. ',"token":' .. token .. ',"by":' .. jstr(by) .. resolution .. '}'
 return {1, emit('human_handback', data, by, status), token}
 """
 
@@ -552,7 +573,11 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local record = {}
-if raw then record = cjson.decode(raw) end
+if raw then
+  -- anyone holding REDIS_URL can write this record: one that is not a JSON object is replaced
+  local ok, decoded = pcall(cjson.decode, raw)
+  if ok and type(decoded) == 'table' then record = decoded end
+end
 record['agent_id'] = ARGV[1]
 if ARGV[2] ~= '' then record['load'] = cjson.decode(ARGV[2]) end
 record['heartbeat_ms'] = now

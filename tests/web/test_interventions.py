@@ -30,6 +30,10 @@ def core(redis_url, namespace):
         def events(self, sid):
             return async_to_sync(self.coord(sid).events)()
 
+        def agent_reports_in(self, agent_id):
+            index = SessionIndex(redis_url, namespace=namespace)
+            async_to_sync(index.heartbeat)(agent_id)
+
         def owner(self, sid):
             index = SessionIndex(redis_url, namespace=namespace)
             return async_to_sync(index.get_session)(sid).owner
@@ -104,6 +108,7 @@ def test_second_supervisor_learns_who_took_over(
 
 def test_release_and_reassign_refuse_a_stale_page(sup_client, core):
     atomic = core.atomic()
+    core.agent_reports_in("sales")  # reassign accepts agents the index knows
     async_to_sync(atomic.claim_handoff)("s-3", "billing")
     async_to_sync(atomic.release_handoff)("s-3", "billing")  # the agent let go meanwhile
     body = post(sup_client, "release", "s-3", expected_owner="billing").content.decode()
@@ -224,6 +229,7 @@ def test_bulk_release_gives_a_result_per_session_and_refuses_stale_rows(sup_clie
 
 
 def test_bulk_reassign_close_and_hand_back(sup_client, core):
+    core.agent_reports_in("tech")  # reassign accepts agents the index knows
     for sid in ("r-1", "r-2"):
         async_to_sync(core.coord(sid).escalate)("help")
     async_to_sync(core.coord("r-2").take_over)("human:sup")
