@@ -14,6 +14,7 @@ from django.urls import path, reverse
 
 from .auth import throttle_login
 from .core import DELETE, CoordinationError, InvalidCursor, InvalidSessionId, VersionConflict
+from .core.coordinator import InvalidStoredValue
 from .core.events import encode_json
 from .core.keys import validate_session_id
 from .live import announce_audit
@@ -93,7 +94,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
         except InvalidSessionId as exc:
             raise Http404(str(exc)) from None
         coord = coordinator(session_id)
-        current = async_to_sync(coord.get_state_versions)()
+        current = async_to_sync(coord.get_state_versions)(keep_invalid=True)
         if async_to_sync(session_index().get_session)(session_id) is None:
             raise Http404(f"No session {session_id!r}")
         errors: dict[str, str] = {}
@@ -102,17 +103,9 @@ class AuditEntryAdmin(admin.ModelAdmin):
             result = self._save_state(request, session_id, current, errors, submitted)
             if result is not None:
                 return result
-            current = async_to_sync(coord.get_state_versions)()
+            current = async_to_sync(coord.get_state_versions)(keep_invalid=True)
         rows = [
-            {
-                "key": key,
-                "text": submitted.get(
-                    key, json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
-                ),
-                "original": json.dumps(value, sort_keys=True),
-                "version": version,
-                "error": errors.get(key),
-            }
+            _state_row(key, value, version, submitted, errors)
             for key, (value, version) in current.items()
         ]
         context = {
@@ -214,6 +207,27 @@ class AuditEntryAdmin(admin.ModelAdmin):
             client_address=request.META.get("REMOTE_ADDR"),
         )
         async_to_sync(announce_audit)(session_id)
+
+
+def _state_row(key, value, version, submitted, errors) -> dict:
+    """One key of the editor. A value an agent wrote around the core that is not JSON is
+    shown as its text, with a note; saving valid JSON (or deleting it) replaces it."""
+    if isinstance(value, InvalidStoredValue):
+        return {
+            "key": key,
+            "text": submitted.get(key, value.text),
+            "original": json.dumps(value.text),
+            "version": version,
+            "error": errors.get(key)
+            or f"The stored value is not JSON ({value.reason}): replace it with JSON or delete it.",
+        }
+    return {
+        "key": key,
+        "text": submitted.get(key, json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)),
+        "original": json.dumps(value, sort_keys=True),
+        "version": version,
+        "error": errors.get(key),
+    }
 
 
 def _state_url(session_id: str) -> str:

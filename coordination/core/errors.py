@@ -105,6 +105,16 @@ class InvalidCursor(CoordinationError, ValueError):
     """A pagination cursor or event id is malformed."""
 
 
+class CorruptStoredValue(CoordinationError, ValueError):
+    """A stored value is not what the core writes (someone wrote the key around the core)."""
+
+    def __init__(self, session_id: str, what: str, reason: str) -> None:
+        self.session_id = session_id
+        self.what = what
+        self.reason = reason
+        super().__init__(f"{what} of session {session_id!r} is not valid: {reason}")
+
+
 class RedisUnavailable(CoordinationError, ConnectionError):
     """Redis could not be reached; the message names the URL without its password."""
 
