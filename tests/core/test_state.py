@@ -110,3 +110,29 @@ async def test_too_deep_and_too_large(make, ns_keys):
     with pytest.raises(PayloadTooLarge, match="limit is 1000 bytes"):
         await coord.publish(EventType.MESSAGE, {"text": "x" * 2000})
     assert ns_keys() == set()
+
+
+async def test_state_written_around_the_core_raises_a_coordination_error(make, redis_sync):
+    from coordination import CorruptStoredValue
+    from coordination.core.coordinator import InvalidStoredValue
+
+    coord = make.coordinator("s-raw-state")
+    await coord.set_state("good", 1)
+    keys = coord.keys.session("s-raw-state")
+    redis_sync.hset(keys.state, "bad", "{not json")
+    with pytest.raises(CorruptStoredValue, match="bad"):
+        await coord.get_state("bad")
+    with pytest.raises(CorruptStoredValue):
+        await coord.get_all_state()
+    assert await coord.get_state("good") == 1
+    kept = await coord.get_state_versions(keep_invalid=True)
+    assert kept["good"] == (1, 1)
+    assert kept["bad"][0] == InvalidStoredValue("{not json", "not JSON (JSONDecodeError)")
+
+
+async def test_a_heartbeat_over_a_presence_record_that_is_not_json_replaces_it(make, redis_sync):
+    index = make.index()
+    redis_sync.hset(index.keys.agents, "billing", "garbage[")
+    await index.heartbeat("billing", load=0.5)
+    [agent] = await index.agents()
+    assert agent.agent_id == "billing" and agent.load == 0.5

@@ -115,3 +115,23 @@ def test_state_page_escapes_values(staff, coord):
     async_to_sync(coord.set_state)("x", "</textarea><script>alert(1)</script>")
     body = staff.get("/admin/coordination/auditentry/sessions/s-admin/state/").content.decode()
     assert "<script>alert(1)</script>" not in body
+
+
+def test_a_value_an_agent_wrote_around_the_core_is_shown_and_can_be_replaced(
+    staff, coord, redis_sync
+):
+    # an agent holding REDIS_URL writes text that is not JSON straight into the state hash
+    keys = coord.keys.session(coord.session_id)
+    redis_sync.hset(keys.state, "plan", "not json <b>")
+    redis_sync.hset(keys.versions, "count", "x")  # and a version that is not a number
+    url = "/admin/coordination/auditentry/sessions/s-admin/state/"
+    page = staff.get(url)
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "not json &lt;b&gt;" in text and "not JSON" in text and "<b>" not in text
+    data = form_for(text)
+    index = {v: k.split("-")[1] for k, v in data.items() if k.startswith("key-")}
+    data[f"value-{index['plan']}"] = '"B"'
+    data[f"value-{index['count']}"] = "1"  # unchanged
+    assert staff.post(url, data).status_code == 302
+    assert async_to_sync(coord.get_state)("plan") == "B"
