@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from agents import Agent, Runner, function_tool, set_tracing_disabled
 
-from coordination import DecisionTimeout, Event, EventType
+from coordination import DecisionTimeout, Event, EventType, SessionTakenOver
 from coordination.integrations.openai_agents import (
     CoordinationSession,
     RunClaimedElsewhere,
@@ -283,3 +283,21 @@ def test_how_events_read_as_the_agents_memory():
         (EventType.APPROVAL_DECIDED, {"approval_id": "a"}),
     ]:
         assert item_from_event(_event(etype, data)) is None
+
+
+async def test_a_takeover_while_waiting_stops_the_run_until_hand_back(make):
+    coord = make.coordinator("sdk-took")
+    desk = Desk()
+    run = asyncio.create_task(run_guarded(desk.agent, "refund A1", coordinator=coord))
+    event = await requested(coord)
+    supervisor = make.coordinator("sdk-took")
+    await supervisor.take_over("human:alice")
+    await supervisor.decide(event.data["approval_id"], True, by="human:alice")
+    with pytest.raises(SessionTakenOver):
+        await asyncio.wait_for(run, 30)
+    assert desk.refunds == []
+    [(_name, (_record, claim))] = (await coord.saved_runs()).items()
+    assert claim is None  # saved, decision recorded, not resumed
+    await supervisor.hand_back("billing", by="human:alice")
+    [result] = await resume_pending(desk.agent, coordinator=coord)
+    assert desk.refunds == [("A1", 120)] and result.final_output == "Done: refunded 120 on A1"
