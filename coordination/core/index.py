@@ -207,10 +207,15 @@ def _encode_cursor(score: float, member: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[float, str]:
+    # RecursionError: "[[[[..." nested past the parser's limit. Scores issued are finite;
+    # NaN would reach Redis as an error.
     try:
         score, member = json.loads(cursor)
-        return float(score), str(member)
-    except (ValueError, TypeError) as exc:
+        score = float(score)
+        if not math.isfinite(score):
+            raise ValueError("the score is not finite")
+        return score, str(member)
+    except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidCursor(f"cursor {cursor[:60]!r} is not one this index issued") from exc
 
 
