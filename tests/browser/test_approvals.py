@@ -1,0 +1,151 @@
+"""Tool-call approvals in Chromium: an agent's request shows up live on the overview and on
+every open page of its session; a supervisor's click resumes the agent waiting in
+``wait_for_decision``; other pages see the decision live; viewers get no buttons."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from playwright.sync_api import expect
+
+from coordination import AgentCoordinator
+
+from .conftest import wait_live
+
+pytestmark = pytest.mark.browser
+
+
+def agent_waits(core, redis_server_url, browser_namespace, sid, approval_id):
+    """The agent side: ``wait_for_decision`` running in the agent loop (a future to await)."""
+
+    async def go():
+        client = aioredis.Redis.from_url(redis_server_url, decode_responses=True)
+        try:
+            coord = AgentCoordinator(sid, client=client, namespace=browser_namespace)
+            return await coord.wait_for_decision(approval_id, timeout=60)
+        finally:
+            await client.aclose()
+
+    return asyncio.run_coroutine_threadsafe(go(), core.loop)
+
+
+def request(core, sid, **kw):
+    return core.run(
+        sid,
+        lambda c: c.request_approval(
+            kw.get("action", "refund"),
+            kw.get("args", {"order": "A-7", "amount": 250, "note": "<b>not bold</b>"}),
+            reason=kw.get("reason", "over the refund limit"),
+            agent_id="billing",
+        ),
+    )
+
+
+def test_approval_appears_live_and_a_click_resumes_the_agent(
+    asgi_server, page_factory, core, sid, redis_server_url, browser_namespace
+):
+    url = asgi_server.url
+    core.publish(sid)
+    overview = page_factory(url, "alice")
+    overview.goto(f"{url}/")
+    wait_live(overview)
+    watcher = page_factory(url, "bob")
+    watcher.goto(f"{url}/sessions/{sid}/")
+    wait_live(watcher)
+    expect(watcher.locator("#session-approvals")).to_contain_text("No approval is waiting")
+
+    approval = request(core, sid)
+    row = overview.locator(f'#pending-approvals tr[data-session-id="{sid}"]')
+    expect(row).to_contain_text("refund")
+    expect(row).to_contain_text("billing")
+    expect(row).to_contain_text("<b>not bold</b>")  # escaped: shown as text
+    panel = watcher.locator("#session-approvals")
+    expect(panel).to_contain_text("over the refund limit")
+    expect(panel.locator("pre.approval-args")).to_contain_text('"amount": 250')
+    expect(panel.get_by_role("button", name="Approve", exact=True)).to_be_visible()
+
+    waiting = agent_waits(core, redis_server_url, browser_namespace, sid, approval.approval_id)
+    supervisor = page_factory(url, "alice")
+    supervisor.goto(f"{url}/sessions/{sid}/")
+    wait_live(supervisor)
+    supervisor.get_by_label("Message to the agent (optional)").fill("go ahead")
+    supervisor.get_by_role("button", name="Approve", exact=True).click()
+    expect(supervisor.locator("#action-result")).to_have_text("Approved refund.")
+    decision = waiting.result(timeout=30)
+    assert decision.approved and decision.by == "human:alice" and decision.message == "go ahead"
+
+    # the other supervisor's page and the overview learn it live
+    decided = watcher.locator("#session-approvals .approvals-decided")
+    expect(decided).to_contain_text("approved")
+    expect(decided).to_contain_text("human:alice")
+    expect(watcher.get_by_role("button", name="Approve", exact=True)).to_have_count(0)
+    expect(row).to_have_count(0)
+    expect(supervisor.locator("#session-audit")).to_contain_text("Approve tool call")
+
+
+def test_reject_with_a_message_and_edited_arguments_that_are_not_json(
+    asgi_server, page_factory, core, sid, redis_server_url, browser_namespace
+):
+    url = asgi_server.url
+    first = request(core, sid, action="send_email", args={"to": "a@example.com"})
+    page = page_factory(url, "alice")
+    page.goto(f"{url}/sessions/{sid}/")
+    wait_live(page)
+    page.get_by_text("Approve with edited arguments").click()
+    args = page.get_by_label("Arguments (JSON)")
+    expect(args).to_have_value('{\n  "to": "a@example.com"\n}')
+    args.fill('{"to": "b@example.com",')
+    page.get_by_role("button", name="Approve with these arguments").click()
+    expect(page.locator("#session-approvals")).to_contain_text("Not valid JSON")
+    expect(page.get_by_label("Arguments (JSON)")).to_have_value('{"to": "b@example.com",')
+    assert core.run(sid, lambda c: c.get_approval(first.approval_id)).pending
+
+    waiting = agent_waits(core, redis_server_url, browser_namespace, sid, first.approval_id)
+    page.get_by_label("Message to the agent (optional)").fill("wrong customer")
+    page.get_by_role("button", name="Reject").click()
+    expect(page.locator("#action-result")).to_have_text("Rejected send_email.")
+    decision = waiting.result(timeout=30)
+    assert not decision.approved and decision.message == "wrong customer"
+    expect(page.locator("#session-approvals .approvals-decided")).to_contain_text("wrong customer")
+
+    second = request(core, sid, action="send_email", args={"to": "c@example.com"})
+    expect(page.get_by_label("Arguments (JSON)")).to_have_value('{\n  "to": "c@example.com"\n}')
+    page.get_by_text("Approve with edited arguments").click()
+    page.get_by_label("Arguments (JSON)").fill('{"to": "d@example.com"}')
+    page.get_by_role("button", name="Approve with these arguments").click()
+    expect(page.locator("#action-result")).to_have_text(
+        "Approved send_email with edited arguments."
+    )
+    decision = core.run(sid, lambda c: c.wait_for_decision(second.approval_id, timeout=10))
+    assert decision.approved and decision.args == {"to": "d@example.com"}
+
+
+def test_viewer_sees_the_request_and_the_decision_but_no_buttons(
+    asgi_server, page_factory, core, sid
+):
+    url = asgi_server.url
+    approval = request(core, sid)
+    viewer = page_factory(url, "victor")
+    viewer.goto(f"{url}/sessions/{sid}/")
+    wait_live(viewer)
+    expect(viewer.locator("#session-approvals")).to_contain_text("over the refund limit")
+    expect(viewer.locator("#session-approvals button")).to_have_count(0)
+    # a forged POST from the viewer's page (its own cookie and CSRF token) is refused
+    answer = viewer.evaluate(
+        """async ([sid, aid]) => {
+            const token = document.querySelector('[name=csrfmiddlewaretoken]')
+                || {value: document.cookie.replace(/.*csrftoken=([^;]*).*/, '$1')};
+            const body = new URLSearchParams({approval_id: aid, decision: 'approve',
+                                              csrfmiddlewaretoken: token.value});
+            const r = await fetch('/act/decide/' + encodeURIComponent(sid) + '/',
+                                  {method: 'POST', body});
+            return [r.status, await r.text()];
+        }""",
+        [sid, approval.approval_id],
+    )
+    assert answer[0] == 403 and "supervisors role" in answer[1]  # the role, not CSRF
+    assert core.run(sid, lambda c: c.get_approval(approval.approval_id)).pending
+    core.run(sid, lambda c: c.decide(approval.approval_id, False, by="human:bob", message="no"))
+    expect(viewer.locator("#session-approvals .approvals-decided")).to_contain_text("rejected")
