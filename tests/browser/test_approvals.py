@@ -149,3 +149,22 @@ def test_viewer_sees_the_request_and_the_decision_but_no_buttons(
     assert core.run(sid, lambda c: c.get_approval(approval.approval_id)).pending
     core.run(sid, lambda c: c.decide(approval.approval_id, False, by="human:bob", message="no"))
     expect(viewer.locator("#session-approvals .approvals-decided")).to_contain_text("rejected")
+
+
+def test_opted_in_supervisor_is_alerted_of_a_new_approval(asgi_server, page_factory, core, sid):
+    from .test_escalations import RECORD_NOTIFICATIONS
+
+    url = asgi_server.url
+    request(core, f"{sid}-old")  # already waiting when the page loads: no alert for it
+    page = page_factory(url, permissions=["notifications"])
+    page.context.add_init_script(RECORD_NOTIFICATIONS)
+    page.goto(f"{url}/")
+    wait_live(page)
+    page.locator("[data-alerts-toggle]").click()
+    expect(page.locator("[data-alerts-toggle]")).to_have_attribute("aria-pressed", "true")
+    request(core, sid)
+    page.wait_for_function(f"window.__notified.some(n => n[1] === {sid!r})")
+    assert page.evaluate("window.__notified") == [["Approval requested", sid]]
+    assert page.evaluate("window.coordinator.alertLog") == [
+        {"title": "Approval requested", "session": sid}
+    ]
