@@ -16,6 +16,7 @@ from .approvals_ui import overview_approvals_context, session_approvals_context
 from .core import STATUSES, Event, EventType, SessionIndex, SessionSummary
 from .core.events import decode_stored_json, is_stream_id
 from .display import PAYLOAD_DISPLAY_BYTES, payload_display, payload_query, short_text
+from .pickup import overview_pickup_context
 from .services import coordinator, session_index
 
 TIMELINE_PAGE = 50
@@ -130,8 +131,10 @@ async def overview_context(index: SessionIndex) -> dict[str, Any]:
         index.events_per_minute(),
     )
     approvals = await overview_approvals_context(index)
+    pickup = await overview_pickup_context(index)
     return {
         **approvals,
+        **pickup,
         "counts": counts,
         "total": sum(counts.values()),
         "queue": queue,
@@ -144,15 +147,21 @@ async def overview_context(index: SessionIndex) -> dict[str, Any]:
 def render_overview_live(context: dict[str, Any], request=None) -> str:
     """The overview's live parts, each swapped in place by id."""
     parts = ("stats", "queue", "agents")
-    return "".join(
-        render_to_string(
-            f"coordination/overview.html#{p}", {**context, "oob": True}, request=request
+    return (
+        "".join(
+            render_to_string(
+                f"coordination/overview.html#{p}", {**context, "oob": True}, request=request
+            )
+            for p in parts
         )
-        for p in parts
-    ) + render_to_string(
-        "coordination/_approvals.html#overview-approvals",
-        {**context, "oob": True},
-        request=request,
+        + render_to_string(
+            "coordination/_approvals.html#overview-approvals",
+            {**context, "oob": True},
+            request=request,
+        )
+        + render_to_string(
+            "coordination/_pickup.html#overview-pickup", {**context, "oob": True}, request=request
+        )
     )
 
 

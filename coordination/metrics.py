@@ -20,6 +20,7 @@ from .core.connection import redis_failures
 from .core.events import is_stream_id
 from .core.index import MAX_PAGE
 from .live import Relay, parse_event_id
+from .pickup import waiting_for_pickup
 from .services import session_index
 from .sla import is_over_sla
 
@@ -72,6 +73,7 @@ async def gather_families() -> list:
         *counter_families(counters),
         *sla_families(longest_waiting),
         *await approval_families(index),
+        *await pickup_families(index),
         GaugeMetricFamily(
             "coordinator_websocket_clients",
             "Open dashboard websockets, all server processes",
@@ -130,6 +132,23 @@ def sla_families(longest_waiting: list) -> list:
         waiting.add_metric([queue], total)
         over.add_metric([queue], late)
     return [waiting, over]
+
+
+async def pickup_families(index) -> list:
+    """Sessions waiting for an agent to pick them up, and the oldest one's wait."""
+    oldest, total = await waiting_for_pickup(index, limit=1)
+    return [
+        GaugeMetricFamily(
+            "coordinator_sessions_waiting_pickup",
+            "Sessions waiting for an agent (a released claim, a hand-back to the queue)",
+            value=total,
+        ),
+        GaugeMetricFamily(
+            "coordinator_pickup_oldest_wait_seconds",
+            "How long the session waiting longest for an agent has waited",
+            value=max(0.0, time.time() - oldest[0].since) if oldest else 0,
+        ),
+    ]
 
 
 async def approval_families(index) -> list:

@@ -97,6 +97,9 @@ COORDINATION_ESCALATION_SLA = env_number("COORDINATION_ESCALATION_SLA", 300)
 COORDINATION_ESCALATION_SLAS = env_slas("COORDINATION_ESCALATION_SLAS")
 # Seconds an agent's approval request may wait for a decision before it is highlighted.
 COORDINATION_APPROVAL_SLA = env_number("COORDINATION_APPROVAL_SLA", 120)
+# Seconds a session may wait for an agent (status waiting: a released claim, a hand-back to the
+# queue) before the overview's pickup queue highlights and alerts it.
+COORDINATION_PICKUP_SLA = env_number("COORDINATION_PICKUP_SLA", 60)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

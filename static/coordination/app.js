@@ -29,6 +29,10 @@
       el.hidden = !over;
       var row = el.closest("tr");
       if (row) row.classList.toggle("over-sla", over);
+      // a session waiting for pickup past its SLA becomes an alert (see ALERT_KINDS)
+      if (over && row && row.hasAttribute("data-pickup")) {
+        row.setAttribute("data-pickup-overdue", row.getAttribute("data-pickup"));
+      }
     });
   }
   function setLive(state, label) {
@@ -233,7 +237,12 @@
     osc.stop(audio.currentTime + 0.4);
   }
   // Approval requests alert the same way: elements marked data-approval="<session> <approval id>".
-  var ALERT_KINDS = [["data-escalation", "Session escalated"], ["data-approval", "Approval requested"]];
+  // Sessions waiting for pickup past their SLA too: data-pickup-overdue="<session> <deadline>".
+  var ALERT_KINDS = [
+    ["data-escalation", "Session escalated"],
+    ["data-approval", "Approval requested"],
+    ["data-pickup-overdue", "Waiting for pickup over SLA"]
+  ];
   function scanEscalations(alert) {
     ALERT_KINDS.forEach(function (kind) {
       document.querySelectorAll("[" + kind[0] + "]").forEach(function (el) {
@@ -273,6 +282,8 @@
   });
   document.addEventListener("htmx:wsAfterMessage", function () { scanEscalations(true); });
   document.addEventListener("coordinator:polled", function () { scanEscalations(true); });
+  // a pickup row goes over its SLA on the clock, with no update from the server
+  setInterval(function () { scanEscalations(true); }, 1000);
 
   window.coordinator = {
     refreshTimes: refreshTimes, setLive: setLive, lastEventId: lastEventId,

@@ -6,6 +6,7 @@ for the reason the human resolved. Real demo agent code, real Redis (single serv
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -28,11 +29,10 @@ async def _wait_for(coord: AgentCoordinator, *etypes: EventType, after: str = "0
     pytest.fail(f"no {'/'.join(t.value for t in etypes)} event within {DEADLINE} s")
 
 
-@pytest.fixture
-async def fleet(redis_url, namespace):
+async def _running_fleet(redis_url: str, namespace: str, pace: float):
     """The demo desk with no new sessions of its own: it only reacts to the feed."""
     settings = FleetSettings(
-        sessions=0, pace=0, turns=(3, 3), escalation_chance=0, seed=7, pickup_after=1.0
+        sessions=0, pace=pace, turns=(3, 3), escalation_chance=0, seed=7, pickup_after=1.0
     )
     fleet = Fleet(redis_url, namespace, settings, offline=True)
     task = asyncio.create_task(fleet.run())
@@ -40,6 +40,20 @@ async def fleet(redis_url, namespace):
     yield fleet
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+async def fleet(redis_url, namespace):
+    """Agents that answer at once."""
+    async for running in _running_fleet(redis_url, namespace, pace=0):
+        yield running
+
+
+@pytest.fixture
+async def paced_fleet(redis_url, namespace):
+    """Agents that take about a second a turn, so a supervisor can act while they work."""
+    async for running in _running_fleet(redis_url, namespace, pace=1.0):
+        yield running
 
 
 async def _start_escalating_session(fleet: Fleet, sid: str) -> AgentCoordinator:
@@ -271,3 +285,65 @@ async def test_a_forced_reassignment_to_an_absent_agent_leaves_the_escalation_qu
     await atomic.release_handoff("s-ra-ghost", "ghost_bot")
     assert "s-ra-ghost" in [s.session_id for s in await index.escalation_queue()]
     assert (await index.get_session("s-ra-ghost")).status == "escalated"
+
+
+# -- the pickup queue: nothing stays waiting unnoticed ------------------------------------------
+
+
+async def test_waiting_sessions_are_listed_oldest_first_with_their_sla(
+    make_coord, atomic, supervisor, settings
+):
+    settings.COORDINATION_PICKUP_SLA = 0  # every waiting session is over its SLA at once
+    # named so that the newer sorts first by name: only the waiting time orders them right
+    for sid in ("s-wait-old", "s-wait-a-new"):
+        await atomic.claim_handoff(sid, "billing_specialist")
+        await make_coord(sid).publish(EventType.MESSAGE, {"role": "customer", "text": "<i>x</i>"})
+    await atomic.release_handoff("s-wait-old", "billing_specialist", by="human:sup")
+    first = (await make_coord("s-wait-old").events(newest_first=True, limit=1))[0]
+    # the index orders by the millisecond: wait for the clock to pass the first release
+    await eventually(lambda: time.time() > first.timestamp + 0.002, "the clock to move on")
+    await atomic.release_handoff("s-wait-a-new", "billing_specialist", by="human:sup")
+    client = await _signed_in(supervisor)
+    page = (await client.get("/")).content.decode()
+    panel = page[page.index('id="pickup-queue"') :]
+    panel = panel[: panel.index("</section>")]
+    assert "Waiting for pickup" in page and '<span class="badge">2</span>' in panel
+    assert panel.index("s-wait-old") < panel.index("s-wait-a-new")  # oldest first
+    assert 'data-pickup-overdue="s-wait-old ' in panel and "over-sla" in panel
+
+    settings.METRICS_TOKEN = "scrape-token-123"
+    scrape = await AsyncClient().get(
+        "/metrics", headers={"Authorization": "Bearer scrape-token-123"}
+    )
+    metrics = scrape.content.decode()
+    assert "coordinator_sessions_waiting_pickup 2.0" in metrics
+    assert "coordinator_pickup_oldest_wait_seconds" in metrics
+
+
+async def test_the_demo_picks_up_a_session_a_supervisor_released(paced_fleet, supervisor):
+    fleet = paced_fleet
+    sid = "demo-pickup1"
+    coord = fleet.coordinator(sid, source="triage")
+    await coord.update_state({"customer_query": "a quote please", "category": "sales"}, by="t")
+    ready = await coord.publish(
+        EventType.HANDOFF_READY, {"from_agent": "triage", "to_agent": "sales_specialist"}
+    )
+    claimed = await _wait_for(coord, EventType.HANDOFF_CLAIMED, after=ready.id)
+    client = await _signed_in(supervisor)
+    page = await _post(client, "release", sid, expected_owner=claimed.data["agent_id"])
+    assert "Released" in page
+    released = await _wait_for(coord, EventType.HANDOFF_RELEASED, after=claimed.id)
+    again = await _wait_for(coord, EventType.HANDOFF_CLAIMED, after=released.id)
+    assert again.data["agent_id"] == "sales_specialist"
+
+
+async def test_the_demo_picks_up_a_handoff_nobody_claimed(fleet):
+    sid = "demo-pickup2"
+    coord = fleet.coordinator(sid, source="triage")
+    await coord.update_state({"customer_query": "my invoice", "category": "billing"}, by="t")
+    # a handoff to an agent that is not running: the session would wait for good
+    ready = await coord.publish(
+        EventType.HANDOFF_READY, {"from_agent": "triage", "to_agent": "retired_agent"}
+    )
+    claimed = await _wait_for(coord, EventType.HANDOFF_CLAIMED, after=ready.id)
+    assert claimed.data["agent_id"] == "billing_specialist"
