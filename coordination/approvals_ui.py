@@ -104,14 +104,16 @@ class DecisionForm(forms.Form):
         required=False,
         max_length=MAX_MESSAGE_CHARS,
         strip=True,
-        widget=forms.Textarea(attrs={"rows": 2}),
+        widget=forms.Textarea(attrs={"rows": 2, "hx-preserve": "true"}),
         label="Message to the agent (optional)",
     )
     args = forms.CharField(
         required=False,
         max_length=MAX_EDITED_ARGS_CHARS,
         strip=False,
-        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false", "class": "mono"}),
+        widget=forms.Textarea(
+            attrs={"rows": 6, "spellcheck": "false", "class": "mono", "hx-preserve": "true"}
+        ),
         label="Arguments (JSON)",
     )
 

@@ -390,7 +390,11 @@ class SessionConsumer(LoginRequiredConsumer):
         if refresh and (
             types & {t.value for t in SUMMARY_EVENTS} or EventType.STATE_CHANGED.value in types
         ):
-            header = await self._render_header()
+            # the approvals panel only when an approval changed: a redraw would reset the
+            # <details> a supervisor opened to edit arguments (the text areas are hx-preserve)
+            header = await self._render_header(
+                approvals=bool(types & {"approval_requested", "approval_decided"})
+            )
             if header:
                 await self.send(text_data=header)
 
@@ -401,7 +405,7 @@ class SessionConsumer(LoginRequiredConsumer):
             text_data=render_to_string("coordination/session_detail.html#audit", context)
         )
 
-    async def _render_header(self) -> str:
+    async def _render_header(self, *, approvals: bool = True) -> str:
         summary = await session_index().get_session(self.session_id)
         if summary is None:
             return ""
@@ -415,4 +419,8 @@ class SessionConsumer(LoginRequiredConsumer):
         return "".join(
             render_to_string(f"coordination/session_detail.html#{part}", context)
             for part in ("summary", "actions", "state-table")
-        ) + render_to_string("coordination/_approvals.html#session-approvals", context)
+        ) + (
+            render_to_string("coordination/_approvals.html#session-approvals", context)
+            if approvals
+            else ""
+        )

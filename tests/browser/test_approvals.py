@@ -168,3 +168,31 @@ def test_opted_in_supervisor_is_alerted_of_a_new_approval(asgi_server, page_fact
     assert page.evaluate("window.coordinator.alertLog") == [
         {"title": "Approval requested", "session": sid}
     ]
+
+
+def test_typing_survives_live_updates_of_the_session(asgi_server, page_factory, core, sid):
+    url = asgi_server.url
+    first = request(core, sid, action="send_email", args={"to": "a@example.com"})
+    page = page_factory(url, "alice")
+    page.goto(f"{url}/sessions/{sid}/")
+    wait_live(page)
+    card = page.locator(f'article[data-approval-id="{first.approval_id}"]')
+    card.get_by_text("Approve with edited arguments").click()
+    card.get_by_label("Arguments (JSON)").fill('{"to": "typed@example.com"}')
+    card.get_by_label("Message to the agent (optional)").fill("typed message")
+    # a state change redraws the header but not the approvals: the open editor stays open
+    core.run(sid, lambda c: c.set_state("step", 2))
+    expect(page.locator("#session-state")).to_contain_text("step")
+    expect(card.get_by_label("Arguments (JSON)")).to_be_visible()
+    # a second request redraws the panel: what was typed in the first is kept
+    second = request(core, sid, action="refund")
+    expect(page.locator(f'article[data-approval-id="{second.approval_id}"]')).to_be_visible()
+    expect(card.get_by_label("Arguments (JSON)")).to_have_value('{"to": "typed@example.com"}')
+    expect(card.get_by_label("Message to the agent (optional)")).to_have_value("typed message")
+    card.get_by_text("Approve with edited arguments").click()
+    card.get_by_role("button", name="Approve with these arguments").click()
+    expect(page.locator("#action-result")).to_have_text(
+        "Approved send_email with edited arguments."
+    )
+    decision = core.run(sid, lambda c: c.wait_for_decision(first.approval_id, timeout=10))
+    assert decision.args == {"to": "typed@example.com"} and decision.message == "typed message"
