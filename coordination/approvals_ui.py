@@ -48,7 +48,9 @@ def approval_row(approval: Approval, now: float | None = None) -> dict[str, Any]
     now = time.time() if now is None else now
     requested = approval.requested_at
     deadline = requested + approval_sla() if requested else None
-    args_json = json_text(approval.args, pretty=True)
+    # the pretty body, whole (not cut), is what the editor starts from; larger ones are not edited
+    args = payload_display(approval.args, limit=EDITABLE_ARGS_BYTES)
+    editable = not args["truncated"]
     return {
         "session_id": short_text(approval.session_id) or "",
         "raw_session_id": approval.session_id,
@@ -57,10 +59,10 @@ def approval_row(approval: Approval, now: float | None = None) -> dict[str, Any]
         "action": short_text(approval.action, 200) or "(no action)",
         "agent": short_text(approval.agent_id),
         "reason": cut_chars(approval.reason, MAX_MESSAGE_CHARS) if approval.reason else None,
-        "args": payload_display(approval.args),
+        "args": args,
         "args_summary": cut_chars(json_text(approval.args), ARGS_SUMMARY_CHARS),
-        "args_editable": len(args_json.encode("utf-8", "replace")) <= EDITABLE_ARGS_BYTES,
-        "args_json": args_json,
+        "args_editable": editable,
+        "args_json": args["body"] if editable else None,
         "requested_at": requested,
         "expires_at": approval.expires_at,
         "expired_unrecorded": approval.pending

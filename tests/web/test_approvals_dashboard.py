@@ -370,3 +370,36 @@ def test_api_refuses_edited_arguments_with_a_rejection(api, coord):
     response = async_to_sync(run)()
     assert response.status_code == 400
     assert async_to_sync(coord("api-rj").get_approval)(approval.approval_id).pending
+
+
+def test_large_arguments_are_cut_and_not_offered_for_editing(sup_client, coord):
+    ask(coord("big-1"), "upload", {"blob": "x" * 40_000})
+    page = sup_client.get("/sessions/big-1/").content.decode()
+    assert "too large to edit here" in page and 'value="approve_edited"' not in page
+    assert 'value="approve"' in page  # plain approval is still offered
+    panel = page[page.index('id="session-approvals"') :]
+    panel = panel[: panel.index("</section>")]
+    assert 16 <= panel.count("x" * 1000) <= 17  # the body is cut at 16 KiB
+    assert "Arguments cut at" in page
+
+
+def test_records_written_around_the_core_do_not_break_the_pages(sup_client, coord):
+    agent = coord("junk-1")
+    ask(agent)
+    key = agent.keys.session("junk-1").approvals
+    junk = {
+        "not-json": "{{{",
+        "a-list": "[1, 2]",
+        "bad-status": json.dumps({"id": "bad-status", "status": "maybe"}),
+        "odd-fields": json.dumps(
+            {"id": "odd-fields", "status": "pending", "action": 5, "requested_ms": "soon"}
+        ),
+    }
+
+    async def write_junk():
+        await agent.call(agent.redis.hset(key, mapping=junk))
+
+    async_to_sync(write_junk)()
+    page = sup_client.get("/sessions/junk-1/")
+    assert page.status_code == 200 and "refund" in page.content.decode()
+    assert sup_client.get("/").status_code == 200
