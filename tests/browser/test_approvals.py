@@ -196,3 +196,30 @@ def test_typing_survives_live_updates_of_the_session(asgi_server, page_factory, 
     )
     decision = core.run(sid, lambda c: c.wait_for_decision(first.approval_id, timeout=10))
     assert decision.args == {"to": "typed@example.com"} and decision.message == "typed message"
+
+
+@pytest.fixture(scope="module")
+def fast_approval_sla_server(server_env):
+    from .conftest import LiveServer
+
+    server = LiveServer({**server_env, "COORDINATION_APPROVAL_SLA": "60"}).start()
+    yield server
+    server.stop()
+
+
+def test_an_approval_lights_up_when_its_sla_passes(
+    fast_approval_sla_server, page_factory, core, sid
+):
+    url = fast_approval_sla_server.url
+    page = page_factory(url)
+    page.clock.install()  # the page's clock: moved past the SLA by the test, not by waiting
+    page.goto(f"{url}/")
+    wait_live(page)
+    request(core, sid)
+    row = page.locator(f'#pending-approvals tr[data-session-id="{sid}"]')
+    expect(row).to_contain_text("SLA 60s")
+    tag = row.locator("[data-sla-deadline]")
+    expect(tag).to_be_hidden()
+    page.clock.fast_forward("01:05")
+    expect(tag).to_be_visible()
+    expect(row).to_have_class("over-sla")
