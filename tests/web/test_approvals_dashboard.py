@@ -11,6 +11,7 @@ import re
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth.models import Group, Permission, User
+from django.template.loader import render_to_string
 from django.test import AsyncClient, Client
 
 from coordination import AgentCoordinator, EventType, SessionIndex, approval_actions
@@ -403,3 +404,38 @@ def test_records_written_around_the_core_do_not_break_the_pages(sup_client, coor
     page = sup_client.get("/sessions/junk-1/")
     assert page.status_code == 200 and "refund" in page.content.decode()
     assert sup_client.get("/").status_code == 200
+
+
+def test_each_decision_is_one_json_log_line(sup_client, coord, caplog):
+    import logging
+
+    from coordination.logging import JsonFormatter
+
+    approval = ask(coord("log-1"))
+    with caplog.at_level(logging.INFO, logger="coordination.audit"):
+        decide_post(sup_client, "log-1", approval.approval_id, "reject", message="no")
+        decide_post(sup_client, "log-1", approval.approval_id, "approve")
+    lines = [
+        json.loads(JsonFormatter().format(r))
+        for r in caplog.records
+        if r.name == "coordination.audit"
+    ]
+    assert [(e["action"], e["outcome"]) for e in lines] == [
+        ("reject", "done"),
+        ("approve", "refused"),
+    ]
+    assert all(e["session_id"] == "log-1" and e["actor"] == "sup" for e in lines)
+
+
+def test_a_row_past_its_expiry_says_so_before_anyone_records_it(coord):
+    from coordination.approvals_ui import approval_row
+
+    approval = ask(coord("exp-row"), expires_in=30)
+    assert not approval_row(approval, now=approval.requested_at + 1)["expired_unrecorded"]
+    row = approval_row(approval, now=approval.expires_at + 1)
+    assert row["expired_unrecorded"]
+    html = render_to_string(
+        "coordination/_approvals.html#overview-approvals",
+        {"approvals": [row], "approvals_total": 1},
+    )
+    assert '<span class="tag">expired</span>' in html
