@@ -91,9 +91,11 @@ async def test_every_guide_snippet_runs_and_prints_what_the_guide_implies(
 
     from coordination.integrations.scripted_model import ScriptedModel
 
-    monkeypatch.delenv(
-        "OPENAI_API_KEY", raising=False
-    )  # the guide sets a placeholder; undone after
+    # The guide sets a placeholder key itself. setenv first, so monkeypatch records the
+    # original (usually: absent) and the guide's placeholder is undone too; a leaked key sent
+    # later tests' example runs to the real API.
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    monkeypatch.delenv("OPENAI_API_KEY")
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("COORDINATION_NAMESPACE", namespace)
     set_tracing_disabled(True)
