@@ -299,7 +299,9 @@ def test_the_console_handler_masks_credentials_whoever_logs_them(settings):
 
 
 @pytest.fixture
-def hosts(settings):
+def hosts(settings, db):
+    # db: a refused handshake goes to Channels' WebsocketDenier, a consumer, which closes
+    # stale database connections on the way (blocked without the database fixture)
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
     settings.CSRF_TRUSTED_ORIGINS = []
     return settings
