@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from django.conf import settings as django_settings
 from django.db import connection
 
-from coordination import AgentCoordinator, AtomicOperations, EventType
+from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
 from coordination.processes import AsgiServer
 
 from ..conftest import delete_namespace
@@ -251,7 +251,27 @@ def core(redis_server_url, browser_namespace, agent_loop):
     return Core()
 
 
+async def clear_sessions(redis_url: str, namespace: str, prefix: str) -> int:
+    """Clear every session whose id starts with ``prefix`` (index entries included)."""
+    index = SessionIndex(redis_url, namespace=namespace)
+    cleared, cursor = 0, None
+    while True:
+        page = await index.list_sessions(prefix=prefix, cursor=cursor, limit=200)
+        for summary in page.sessions:
+            await AgentCoordinator(summary.session_id, redis_url, namespace=namespace).clear()
+            cleared += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            return cleared
+
+
 @pytest.fixture
-def sid():
-    """A session id no other test uses (the browser server shares one namespace)."""
-    return f"b-{uuid.uuid4().hex[:10]}"
+def sid(redis_server_url, browser_namespace, agent_loop):
+    """A session id no other test uses (the browser server shares one namespace). The test's
+    sessions (this id and ids starting with it) are cleared afterwards, so escalations left
+    behind never crowd a later test's out of the overview's queue (it shows the 20 oldest)."""
+    value = f"b-{uuid.uuid4().hex[:10]}"
+    yield value
+    asyncio.run_coroutine_threadsafe(
+        clear_sessions(redis_server_url, browser_namespace, value), agent_loop
+    ).result(timeout=60)

@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance, status_c
 
 from coordination import AgentCoordinator, EventType
 
-from .conftest import in_plain_thread
+from .conftest import clear_sessions, in_plain_thread
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,11 @@ def api_schema(asgi_server, api_token, redis_server_url, browser_namespace):
         timeout=10,
     )
     assert response.status_code == 200, response.text[:3000]
-    return schemathesis.openapi.from_dict(response.json())
+    yield schemathesis.openapi.from_dict(response.json())
+    # its escalations must not crowd later tests' out of the overview's queue
+    in_plain_thread(
+        lambda: asyncio.run(clear_sessions(redis_server_url, browser_namespace, "contract-"))
+    )
 
 
 # Marked so that pytest-django creates the test database when this module runs alone.

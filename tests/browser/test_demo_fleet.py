@@ -11,8 +11,10 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from coordination import AgentCoordinator, EventType, SessionIndex
+from coordination import EventType
 from coordination.demo import Fleet, FleetSettings
+
+from .conftest import clear_sessions
 
 pytestmark = pytest.mark.browser
 
@@ -39,19 +41,6 @@ def fleet(redis_url, browser_namespace, agent_loop):
         clear_sessions(redis_url, browser_namespace, settings.prefix), agent_loop
     ).result(timeout=60)
     assert cleared > 0
-
-
-async def clear_sessions(redis_url: str, namespace: str, prefix: str) -> int:
-    index = SessionIndex(redis_url, namespace=namespace)
-    cleared, cursor = 0, None
-    while True:
-        page = await index.list_sessions(prefix=prefix, cursor=cursor, limit=200)
-        for summary in page.sessions:
-            await AgentCoordinator(summary.session_id, redis_url, namespace=namespace).clear()
-            cleared += 1
-        cursor = page.next_cursor
-        if cursor is None:
-            return cleared
 
 
 def wait_for(condition, timeout=30.0):
