@@ -350,7 +350,8 @@ class ApprovalsMixin:
 
         Follows the session's events from the request on. Raises ``DecisionTimeout`` after
         ``timeout`` seconds without a decision (the approval stays pending), ``ApprovalExpired``
-        when its expiry passes first (it is marked expired then), ``UnknownApproval``.
+        when its expiry passes first (it is marked expired then), ``SessionClosed`` when the
+        session is closed while the approval is pending, ``UnknownApproval``.
         """
         if timeout is not None and (
             not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0
@@ -381,9 +382,14 @@ class ApprovalsMixin:
                 step = left if step is None else min(step, left)
             until = None if step is None else loop_clock() + step
             async for event in self.subscribe(
-                timeout=step, types=[EventType.APPROVAL_DECIDED], since=cursor
+                timeout=step,
+                types=[EventType.APPROVAL_DECIDED, EventType.SESSION_CLOSED],
+                since=cursor,
             ):
                 cursor = event.id
+                if event.type is EventType.SESSION_CLOSED:
+                    # nobody will decide any more: an agent must not wait for good
+                    raise SessionClosed(self.session_id)
                 if event.data.get("approval_id") == approval_id:
                     break
                 if until is not None and loop_clock() >= until:

@@ -282,6 +282,15 @@ async def test_wait_follows_a_decision_made_elsewhere(make):
     assert (decision.approved, decision.by, decision.message) == (False, "human:alice", "no")
 
 
+async def test_a_wait_ends_when_the_session_is_closed(make):
+    coord = make.coordinator("s-wait-closed")
+    approval = await coord.request_approval("refund", {})
+    waiter = asyncio.create_task(coord.wait_for_decision(approval.approval_id))  # no timeout
+    await make.coordinator("s-wait-closed").close(by="human:ann", reason="resolved by phone")
+    with pytest.raises(SessionClosed):
+        await asyncio.wait_for(waiter, 30)
+
+
 async def test_wait_times_out_and_leaves_the_approval_pending(make):
     coord = make.coordinator("s-wait-out")
     approval = await coord.request_approval("refund", {})
