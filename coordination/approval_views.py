@@ -7,7 +7,7 @@ depends on the intervention machinery, which itself depends on ``fragments``.
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -15,6 +15,8 @@ from django.views.decorators.http import require_POST
 from . import approval_actions
 from .actions import _actor_or_none, _forbidden
 from .approvals_ui import DecisionForm, session_approvals_context
+from .core import InvalidSessionId
+from .core.keys import validate_session_id
 from .fragments import recent_audit, session_detail_context
 from .interventions import InterventionRefused
 from .services import session_index
@@ -26,6 +28,10 @@ async def decide_view(request: HttpRequest, session_id: str) -> HttpResponse:
     actor = await _actor_or_none(request)
     if actor is None:
         return _forbidden(request)
+    try:
+        validate_session_id(session_id)
+    except InvalidSessionId as exc:
+        return HttpResponseBadRequest(f"Bad session id: {exc}", content_type="text/plain")
     form = DecisionForm(request.POST)
     htmx = request.headers.get("HX-Request") == "true"
     if not form.is_valid():

@@ -439,3 +439,11 @@ def test_a_row_past_its_expiry_says_so_before_anyone_records_it(coord):
         {"approvals": [row], "approvals_total": 1},
     )
     assert '<span class="tag">expired</span>' in html
+
+
+@pytest.mark.parametrize("htmx", [True, False])
+def test_a_malformed_session_id_answers_4xx(sup_client, htmx):
+    for sid in ("bad%01id", "x" * 300):
+        response = decide_post(sup_client, sid, "abc", "approve", htmx=htmx)
+        assert response.status_code == 400, sid
+        assert "Bad session id" in response.content.decode()
