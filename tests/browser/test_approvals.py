@@ -5,6 +5,7 @@ every open page of its session; a supervisor's click resumes the agent waiting i
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 import redis.asyncio as aioredis
@@ -223,3 +224,36 @@ def test_an_approval_lights_up_when_its_sla_passes(
     page.clock.fast_forward("01:05")
     expect(tag).to_be_visible()
     expect(row).to_have_class("over-sla")
+
+
+def test_two_supervisors_click_at_once_and_one_decision_is_made(
+    asgi_server, page_factory, core, sid
+):
+    url = asgi_server.url
+    approval = request(core, sid)
+    alice = page_factory(url, "alice")
+    bob = page_factory(url, "bob")
+    for page in (alice, bob):
+        page.goto(f"{url}/sessions/{sid}/")
+        wait_live(page)
+    # Both pages were drawn before either decided; each posts its own form (its cookie, its
+    # CSRF token) without waiting, so the two decisions are in flight together.
+    start = """(decision) => {
+        const form = document.querySelector('form.approval-form');
+        const body = new FormData(form);
+        body.set('decision', decision);
+        window.__race = fetch(form.action, {method: 'POST', body,
+                                            headers: {'HX-Request': 'true'}}).then(r => r.text());
+    }"""
+    alice.evaluate(start, "approve")
+    bob.evaluate(start, "reject")
+    responses = [page.evaluate("() => window.__race") for page in (alice, bob)]
+    texts = [re.search(r'id="action-result"[^>]*>([^<]*)<', r).group(1) for r in responses]
+    done = [t for t in texts if t in ("Approved refund.", "Rejected refund.")]
+    refused = [t for t in texts if t.startswith("Already ")]
+    assert len(done) == 1 and len(refused) == 1, texts
+    record = core.run(sid, lambda c: c.get_approval(approval.approval_id))
+    verb = "approved" if record.status == "approved" else "rejected"
+    assert refused[0].startswith(f"Already {verb} by {record.decided_by.removeprefix('human:')}")
+    for page in (alice, bob):  # and both pages show the one decision, live
+        expect(page.locator("#session-approvals .approvals-decided")).to_contain_text(verb)
