@@ -35,6 +35,7 @@ from .fragments import (
 from .live import SESSIONS_GROUP, parse_event_id, session_group
 from .services import coordinator, session_index
 from .telemetry import open_websockets
+from .transcript import TRANSCRIPT_TYPES, LiveTranscript
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,8 @@ class SessionConsumer(LoginRequiredConsumer):
         await self.accept()
 
     async def disconnect(self, code):
+        if hasattr(self, "transcript"):
+            self.transcript.close()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -397,6 +400,15 @@ class SessionConsumer(LoginRequiredConsumer):
             )
             if header:
                 await self.send(text_data=header)
+        if refresh and types & TRANSCRIPT_TYPES:
+            # the conversation is redrawn whole from the same partial as the page (coalesced)
+            if not hasattr(self, "transcript"):
+                self.transcript = LiveTranscript(
+                    self.session_id,
+                    lambda html: self.send(text_data=html),
+                    lambda: float("inf") if self._outbox_closed else self._outbox_bytes,
+                )
+            self.transcript.poke()
 
     async def session_audit(self, message):
         """A supervisor acted on this session (from any process): redraw the audit trail."""

@@ -18,6 +18,7 @@ from .core.events import decode_stored_json, is_stream_id
 from .display import PAYLOAD_DISPLAY_BYTES, payload_display, payload_query, short_text
 from .pickup import overview_pickup_context
 from .services import coordinator, session_index
+from .transcript import transcript_context
 
 TIMELINE_PAGE = 50
 # The state table shows this many keys at most (each value cut like an event's payload).
@@ -265,12 +266,14 @@ async def live_header_context(
 
 
 async def session_detail_context(session_id: str, summary: SessionSummary) -> dict[str, Any]:
-    header, events = await asyncio.gather(
+    header, events, transcript = await asyncio.gather(
         header_context(session_id, summary),
         coordinator(session_id).events(newest_first=True, limit=TIMELINE_PAGE),
+        transcript_context(session_id, summary),
     )
     return {
         **header,
+        **transcript,
         "events": [event_context(e) for e in events],
         "older_cursor": events[-1].id if len(events) == TIMELINE_PAGE else None,
     }

@@ -285,6 +285,22 @@
   // a pickup row goes over its SLA on the clock, with no update from the server
   setInterval(function () { scanEscalations(true); }, 1000);
 
+  // The session timeline's filter by event type: rows of other types are hidden, those that
+  // arrive live or with "load older" too.
+  function filterTimeline() {
+    var select = document.querySelector("[data-timeline-filter]");
+    var wanted = select ? select.value : "";
+    document.querySelectorAll("#timeline > li.event").forEach(function (li) {
+      li.hidden = wanted !== "" && !li.classList.contains("type-" + wanted);
+    });
+  }
+  document.addEventListener("change", function (e) {
+    if (e.target.matches && e.target.matches("[data-timeline-filter]")) filterTimeline();
+  });
+  document.addEventListener("htmx:wsAfterMessage", filterTimeline);
+  document.addEventListener("htmx:afterSettle", filterTimeline);
+  document.addEventListener("coordinator:polled", filterTimeline);
+
   window.coordinator = {
     refreshTimes: refreshTimes, setLive: setLive, lastEventId: lastEventId,
     isPolling: function () { return polling !== null; },
