@@ -107,3 +107,11 @@ def test_take_over_reply_hand_back_the_agent_continues_from_the_reply(
     assert "refund approved" in asked[0]
     # the agent's turns after the hand-back are in the transcript too
     expect(transcript.locator('[data-role="agent"]')).to_have_count(4)  # 1 + 3 turns
+
+    # the raw timeline is one click away, and filters by event type
+    page.get_by_role("link", name="raw event timeline ↓").click()
+    page.get_by_label("Show events of type").select_option("escalated")
+    expect(page.locator("#timeline > li.event:visible")).to_have_count(1)
+    expect(page.locator("#timeline > li.event.type-message").first).to_be_hidden()
+    page.get_by_label("Show events of type").select_option("")
+    expect(page.locator("#timeline > li.event.type-message").first).to_be_visible()
