@@ -33,7 +33,8 @@ class HumanContext:
     notes: list[tuple[str, str]] = field(default_factory=list)  # (who, text)
     resolution: str | None = None  # from the latest hand-back, when it carried one
     handed_back_by: str | None = None
-    resolved: set[str] = field(default_factory=set)  # escalation reasons handled by a human
+    # escalation reasons a human dealt with (a hand-back, or a supervisor's reassignment)
+    resolved: set[str] = field(default_factory=set)
 
     @property
     def handed_back(self) -> bool:
@@ -83,6 +84,12 @@ async def read_human_context(coordinator: AgentCoordinator) -> HumanContext:
                 reason = data.get("reason")
                 if isinstance(reason, str) and reason:
                     pending_reasons.add(reason)
+            elif event.type is EventType.HANDOFF_REASSIGNED and str(
+                data.get("by") or ""
+            ).startswith("human:"):
+                # a supervisor gave the escalated session to an agent: that settles it too
+                context.resolved |= pending_reasons
+                pending_reasons.clear()
             elif event.type is EventType.HUMAN_TAKEOVER:
                 # a new takeover: what counts is what people said during this one
                 context.replies.clear()

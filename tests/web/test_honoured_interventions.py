@@ -14,6 +14,7 @@ from django.test import AsyncClient
 
 from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
 from coordination.demo import Fleet, FleetSettings
+from coordination.integrations.human_context import read_human_context
 from coordination.models import ApiToken, AuditEntry
 from tests.waiting import eventually
 
@@ -347,3 +348,17 @@ async def test_the_demo_picks_up_a_handoff_nobody_claimed(fleet):
     )
     claimed = await _wait_for(coord, EventType.HANDOFF_CLAIMED, after=ready.id)
     assert claimed.data["agent_id"] == "billing_specialist"
+
+
+async def test_a_supervisors_reassignment_settles_the_escalation_for_the_agent(make_coord, atomic):
+    coord = make_coord("s-ctx-reassign")
+    await coord.escalate("angry customer")
+    context = await read_human_context(coord)
+    assert context.resolved == set()  # nobody has dealt with it yet
+    await atomic.reassign_handoff("s-ctx-reassign", "tech_specialist", by="human:sup")
+    context = await read_human_context(coord)
+    assert context.resolved == {"angry customer"} and not context.handed_back
+    # an agent's own reassignment settles nothing
+    await coord.escalate("refund over the limit")
+    await atomic.reassign_handoff("s-ctx-reassign", "billing_specialist", by="tech_specialist")
+    assert (await read_human_context(coord)).resolved == {"angry customer"}
