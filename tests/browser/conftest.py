@@ -265,11 +265,28 @@ async def clear_sessions(redis_url: str, namespace: str, prefix: str) -> int:
             return cleared
 
 
+async def clear_queued(redis_url: str, namespace: str) -> int:
+    """Clear the sessions waiting in the overview's queues (escalations, approvals, pickup)."""
+    index = SessionIndex(redis_url, namespace=namespace)
+    ids = {s.session_id for s in await index.escalation_queue(limit=200)}
+    ids |= {a.session_id for a in (await index.pending_approvals(limit=200)).approvals}
+    ids |= {s.session_id for s in (await index.list_sessions(status="waiting", limit=200)).sessions}
+    for session_id in ids:
+        await AgentCoordinator(session_id, redis_url, namespace=namespace).clear()
+    return len(ids)
+
+
 @pytest.fixture
 def sid(redis_server_url, browser_namespace, agent_loop):
-    """A session id no other test uses (the browser server shares one namespace). The test's
-    sessions (this id and ids starting with it) are cleared afterwards, so escalations left
-    behind never crowd a later test's out of the overview's queue (it shows the 20 oldest)."""
+    """A session id no other test uses (the browser server shares one namespace).
+
+    The overview's queues show the oldest 20 of each: a session another test left queued
+    (its ids need not start with its ``sid``) would push this test's out of sight. Tests run
+    one at a time, so whatever is queued when a test starts is left over and is cleared; the
+    test's own sessions (this id and ids starting with it) are cleared afterwards too."""
+    asyncio.run_coroutine_threadsafe(
+        clear_queued(redis_server_url, browser_namespace), agent_loop
+    ).result(timeout=60)
     value = f"b-{uuid.uuid4().hex[:10]}"
     yield value
     asyncio.run_coroutine_threadsafe(

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from playwright.sync_api import expect
 
-from coordination import EventType
+from coordination import EventType, SessionIndex
 
 from ..reliability.test_urls_and_errors import NASTY_IDS, session_of, whatwg_path_is_stable
 from .conftest import login, wait_live
@@ -49,6 +49,11 @@ def test_buttons_of_a_dot_segment_id_act_on_that_session_only(
         core.run(session_id, lambda c: c.escalate("needs a human"))
         assert core.claim(session_id, agent)
     victim_before = [e.id for e in core.run(victim, lambda c: c.events())]
+    # reassign accepts agents that have reported in (a heartbeat writes no session event)
+    core.run(
+        victim,
+        lambda c: SessionIndex(client=c.redis, namespace=c.namespace).heartbeat("agent-b"),
+    )
 
     page = supervisor_page
     # reach the attacker's page the way a supervisor does: its link in the sessions list
