@@ -362,3 +362,19 @@ async def test_a_supervisors_reassignment_settles_the_escalation_for_the_agent(m
     await coord.escalate("refund over the limit")
     await atomic.reassign_handoff("s-ctx-reassign", "billing_specialist", by="tech_specialist")
     assert (await read_human_context(coord)).resolved == {"angry customer"}
+
+
+async def test_a_takeover_ends_the_wait_for_the_reassigned_agent(make_coord, index, atomic):
+    coord = make_coord("s-ra-takeover")
+    await coord.escalate("angry customer")
+    await atomic.reassign_handoff("s-ra-takeover", "tech_specialist", by="human:sup")
+    await coord.take_over("human:ann")  # a human took it before the agent came
+    assert "s-ra-takeover" not in [s.session_id for s in await index.escalation_queue()]
+    await coord.hand_back("tech_specialist", by="human:ann")
+    await atomic.renew_handoff("s-ra-takeover", "tech_specialist")
+    types = [e.type for e in await coord.events()]
+    assert EventType.HANDOFF_CLAIMED not in types  # nothing left to acknowledge
+    # a new escalation is queued again and is not settled by a renewal either
+    await coord.escalate("still angry")
+    await atomic.renew_handoff("s-ra-takeover", "tech_specialist")
+    assert "s-ra-takeover" in [s.session_id for s in await index.escalation_queue()]
