@@ -4,6 +4,7 @@ driven by Debian's Chromium through Playwright."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import threading
@@ -202,6 +203,29 @@ def page_factory(chromium):
     yield make
     for context in contexts:
         context.close()
+
+
+@pytest.fixture
+def start_fleet(redis_server_url, browser_namespace, agent_loop):
+    """Start the demo desk (offline models) on the agent loop; it is stopped after the test
+    and its sessions cleared, so they crowd no later test's queues."""
+    from coordination.demo import Fleet
+
+    running = []
+
+    def start(settings):
+        fleet = Fleet(redis_server_url, browser_namespace, settings, offline=True)
+        task = asyncio.run_coroutine_threadsafe(fleet.run(), agent_loop)
+        running.append((fleet, task))
+        return fleet
+
+    yield start
+    for fleet, task in running:
+        task.cancel()
+        concurrent.futures.wait([task], timeout=15)
+        asyncio.run_coroutine_threadsafe(
+            clear_sessions(redis_server_url, browser_namespace, fleet.settings.prefix), agent_loop
+        ).result(timeout=60)
 
 
 @pytest.fixture(scope="session")

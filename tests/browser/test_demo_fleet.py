@@ -3,8 +3,6 @@ supervisor's takeover stops the fleet in that session."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import time
 import uuid
 
@@ -12,15 +10,13 @@ import pytest
 from playwright.sync_api import expect
 
 from coordination import EventType
-from coordination.demo import Fleet, FleetSettings
-
-from .conftest import clear_sessions
+from coordination.demo import FleetSettings
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def fleet(redis_url, browser_namespace, agent_loop):
+def fleet(start_fleet):
     settings = FleetSettings(
         sessions=4,
         rate=300,
@@ -30,17 +26,7 @@ def fleet(redis_url, browser_namespace, agent_loop):
         prefix=f"demo{uuid.uuid4().hex[:6]}",
         seed=7,
     )
-    fleet = Fleet(redis_url, browser_namespace, settings, offline=True)
-    task = asyncio.run_coroutine_threadsafe(fleet.run(), agent_loop)
-    yield fleet
-    task.cancel()
-    concurrent.futures.wait([task], timeout=15)
-    # The browser tests share one namespace: the fleet's sessions (escalations among them)
-    # must not crowd the other tests' sessions out of the overview's queue.
-    cleared = asyncio.run_coroutine_threadsafe(
-        clear_sessions(redis_url, browser_namespace, settings.prefix), agent_loop
-    ).result(timeout=60)
-    assert cleared > 0
+    return start_fleet(settings)
 
 
 def wait_for(condition, timeout=30.0):

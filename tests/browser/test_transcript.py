@@ -4,8 +4,6 @@ next model input holds the human's reply and resolution; it does not escalate ag
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import uuid
 
 import pytest
@@ -14,13 +12,11 @@ from playwright.sync_api import expect
 from coordination import AgentCoordinator, EventType
 from coordination.demo import Fleet, FleetSettings
 
-from .test_demo_fleet import clear_sessions
-
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def fleet(redis_url, browser_namespace, agent_loop):
+def fleet(start_fleet):
     """The demo desk starting no sessions itself: it works the one the test starts."""
     settings = FleetSettings(
         sessions=0,
@@ -30,14 +26,7 @@ def fleet(redis_url, browser_namespace, agent_loop):
         prefix=f"tr{uuid.uuid4().hex[:6]}",
         seed=3,
     )
-    fleet = Fleet(redis_url, browser_namespace, settings, offline=True)
-    task = asyncio.run_coroutine_threadsafe(fleet.run(), agent_loop)
-    yield fleet
-    task.cancel()
-    concurrent.futures.wait([task], timeout=15)
-    asyncio.run_coroutine_threadsafe(
-        clear_sessions(redis_url, browser_namespace, settings.prefix), agent_loop
-    ).result(timeout=60)
+    return start_fleet(settings)
 
 
 async def triage(fleet: Fleet, sid: str) -> None:
