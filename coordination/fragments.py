@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -13,12 +14,14 @@ from asgiref.sync import sync_to_async
 from django.template.loader import render_to_string
 
 from .approvals_ui import overview_approvals_context, session_approvals_context
-from .core import STATUSES, Event, EventType, SessionIndex, SessionSummary
+from .core import STATUSES, CorruptStoredValue, Event, EventType, SessionIndex, SessionSummary
 from .core.events import decode_stored_json, is_stream_id
 from .display import PAYLOAD_DISPLAY_BYTES, payload_display, payload_query, short_text
-from .pickup import overview_pickup_context
+from .pickup import overview_pickup_context, pickup_sla
 from .services import coordinator, session_index
 from .transcript import transcript_context
+
+log = logging.getLogger(__name__)
 
 TIMELINE_PAGE = 50
 # The state table shows this many keys at most (each value cut like an event's payload).
@@ -123,19 +126,37 @@ def event_item(event: Event | dict) -> dict[str, str]:
     return {"id": context["id"], "type": context["type"], "html": html}
 
 
+async def tolerant(problems: list[str], what: str, awaitable, default):
+    """``awaitable``'s result, or ``default`` when what it reads was written around the core
+    with the wrong Redis type: one bad key must not blind the whole page."""
+    try:
+        return await awaitable
+    except CorruptStoredValue as exc:
+        log.warning("%s shown empty: %s", what, exc)
+        problems.append(what)
+        return default
+
+
 async def overview_context(index: SessionIndex) -> dict[str, Any]:
-    counts, queue, queue_total, agents, per_minute = await asyncio.gather(
-        index.counts_by_status(),
-        index.escalation_queue(limit=20),
-        index.escalation_count(),
-        index.agents(limit=50),
-        index.events_per_minute(),
+    problems: list[str] = []
+    counts, queue, queue_total, agents, per_minute, approvals, pickup = await asyncio.gather(
+        tolerant(problems, "sessions by status", index.counts_by_status(), {}),
+        tolerant(problems, "the escalation queue", index.escalation_queue(limit=20), []),
+        tolerant(problems, "the escalation count", index.escalation_count(), 0),
+        tolerant(problems, "agents", index.agents(limit=50), []),
+        tolerant(problems, "events per minute", index.events_per_minute(), 0),
+        tolerant(problems, "pending approvals", overview_approvals_context(index), {}),
+        tolerant(
+            problems,
+            "the pickup queue",
+            overview_pickup_context(index),
+            {"pickup": [], "pickup_total": 0, "pickup_sla": pickup_sla()},
+        ),
     )
-    approvals = await overview_approvals_context(index)
-    pickup = await overview_pickup_context(index)
     return {
         **approvals,
         **pickup,
+        "index_problems": problems,
         "counts": counts,
         "total": sum(counts.values()),
         "queue": queue,
@@ -182,13 +203,15 @@ def render_session_row(
 
 async def header_context(session_id: str, summary: SessionSummary) -> dict[str, Any]:
     """What the session page's live header shows: the summary and the shared state."""
+    problems: list[str] = []
     (state, state_more), agents, approvals = await asyncio.gather(
-        state_rows(session_id),
-        session_index().agents(limit=200),
-        session_approvals_context(session_id),
+        tolerant(problems, "shared state", state_rows(session_id), ([], 0)),
+        tolerant(problems, "agents", session_index().agents(limit=200), []),
+        tolerant(problems, "approvals", session_approvals_context(session_id), {}),
     )
     return {
         **approvals,
+        "index_problems": problems,
         "s": summary,
         "state": state,
         "state_more": state_more,

@@ -9,6 +9,7 @@ scores a status set by it), so a note written while it waits restarts the clock.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,12 +54,23 @@ async def waiting_for_pickup(
     summaries = {s.session_id: s for s in await index.get_sessions([sid for sid, _ in rows])}
     sla = pickup_sla()
     waiting = [
-        WaitingSession(summaries[sid], score / 1000.0, sla)
+        WaitingSession(summaries[sid], _since(score, summaries[sid]), sla)
         for sid, score in rows
         # read between two calls: a session that moved on meanwhile is not shown as waiting
         if sid in summaries and summaries[sid].status == "waiting"
     ]
     return waiting, max(total, len(waiting))
+
+
+# Scores are milliseconds the core wrote; anyone holding REDIS_URL can write others
+# (``inf``, negatives, year 30000) and one must not break the overview for everyone.
+_LATEST_SANE_MS = 32503680000000  # year 3000
+
+
+def _since(score: float, summary: SessionSummary) -> float:
+    if math.isfinite(score) and 0 <= score <= _LATEST_SANE_MS:
+        return score / 1000.0
+    return summary.last_activity or time.time()
 
 
 async def overview_pickup_context(index: SessionIndex) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .connection import UNAVAILABLE_ERRORS, is_cluster, resolve_url, shared_client, unavailable
-from .errors import CoordinationError
+from .errors import CoordinationError, CorruptStoredValue
 from .events import DEFAULT_MAX_PAYLOAD_BYTES
 from .keys import Keyspace, validate_session_id
 from .scripts import SESSION_KEY_COUNT, SessionScript, apply_index_script, read_hashes_script
@@ -142,11 +142,20 @@ class RedisBacked:
             raise
 
     async def call(self, awaitable):
-        """Await a plain Redis command, turning connection failures into ``RedisUnavailable``."""
+        """Await a plain Redis command, turning connection failures into ``RedisUnavailable``
+        and a key of the wrong type into ``CorruptStoredValue``."""
         try:
             return await awaitable
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(self.redis, exc) from None
+        except ResponseError as exc:
+            message = str(exc)
+            # Anyone holding REDIS_URL can SET a key the core keeps as a hash or sorted set.
+            # redis-py drops the server's words from a pipeline's error, so one there is
+            # taken for the same cause (the core's pipelines only read and write its keys).
+            if "WRONGTYPE" in message or "of pipeline caused error" in message:
+                raise CorruptStoredValue("", "a key", message[:300]) from None
+            raise
 
 
 def _consume_outcome(task: asyncio.Future) -> None:

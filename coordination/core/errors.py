@@ -112,7 +112,8 @@ class CorruptStoredValue(CoordinationError, ValueError):
         self.session_id = session_id
         self.what = what
         self.reason = reason
-        super().__init__(f"{what} of session {session_id!r} is not valid: {reason}")
+        where = f" of session {session_id!r}" if session_id else ""
+        super().__init__(f"{what}{where} is not valid: {reason}")
 
 
 class RedisUnavailable(CoordinationError, ConnectionError):

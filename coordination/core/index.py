@@ -422,7 +422,9 @@ class SessionIndex(RedisBacked):
                         pipe.hget(self.keys.session(sid).approvals, aid)
                     else:
                         pipe.exists(key)  # a placeholder reply: the entry is dropped below
-                replies = await self.call(pipe.execute()) if pairs else []
+                # a session's approvals key of the wrong type (SET by anyone holding
+                # REDIS_URL) is that entry's problem only: its reply is an error, dropped below
+                replies = await self.call(pipe.execute(raise_on_error=False)) if pairs else []
             stale = []
             for (member, score, (sid, aid)), raw in zip(pairs, replies, strict=True):
                 approval = approval_from_record(sid, raw) if sid and isinstance(raw, str) else None

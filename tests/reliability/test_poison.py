@@ -319,6 +319,44 @@ def test_raw_session_fields_state_and_counters_of_wrong_types(browse, redis_sync
     assert sid in listed and bad not in listed
 
 
+def test_index_scores_an_agent_wrote_break_no_page(browse, redis_sync, namespace):
+    """Scores are milliseconds the core wrote; ZADD lets anyone write inf, -inf, 1e300."""
+    keys = ns_keys(namespace)
+    raw_event(redis_sync, namespace, "scored", {"t": "message", "d": "{}"})
+    redis_sync.hset(keys.session("scored").meta, "status", "waiting")
+    for key, score in (
+        (keys.status["waiting"], "inf"),
+        (keys.escalations, "-inf"),
+        (keys.status["escalated"], "1e300"),
+        (keys.activity, "inf"),
+        (keys.agents_seen, "-inf"),
+    ):
+        redis_sync.zadd(key, {"scored": score})
+    redis_sync.zadd(keys.approvals, {"scored\0nope": "inf"})
+    walk(browse, ["scored"])
+
+
+@pytest.mark.parametrize(
+    "key_name", ["approvals", "waiting", "escalations", "agents_seen", "session_approvals"]
+)
+def test_keys_of_the_wrong_type_break_no_page(browse, redis_sync, namespace, key_name):
+    """``SET`` over a key the core keeps as a sorted set or hash: Redis answers WRONGTYPE."""
+    keys = ns_keys(namespace)
+    raw_event(redis_sync, namespace, "typed", {"t": "message", "d": "{}"})
+    key = {
+        "approvals": keys.approvals,
+        "waiting": keys.status["waiting"],
+        "escalations": keys.escalations,
+        "agents_seen": keys.agents_seen,
+        "session_approvals": keys.session("typed").approvals,
+    }[key_name]
+    if key_name == "session_approvals":  # queued, so the overview reads the session's hash
+        redis_sync.zadd(keys.approvals, {"typed\0a1": time.time() * 1000})
+    redis_sync.delete(key)
+    redis_sync.set(key, "not what the core keeps here")
+    walk(browse, ["typed"])
+
+
 # -- live and reload alike -----------------------------------------------------------------------
 
 
