@@ -11,7 +11,8 @@ Writing: each item the SDK adds becomes a ``message`` event ``{"role", "text", "
 calls and their outputs; ``text`` is a readable rendering, ``sdk_item`` the item itself).
 
 Reading (``get_items``), in event order:
-- events carrying ``sdk_item``: that item, unchanged;
+- events carrying ``sdk_item``: that item, if it is a user or assistant message, a tool call or
+  a tool output (``safe_sdk_item``; never a system or developer item, whoever published it);
 - a human's reply to the customer (``message`` with role ``human``, what the dashboard's reply
   publishes): an ``assistant`` message, ``"[Reply sent by human supervisor alice] <text>"``:
   the customer read it from our side of the conversation;
@@ -89,12 +90,48 @@ def _person(name: Any) -> str:
     return text.removeprefix("human:")
 
 
+_ITEM_ROLES = ("user", "assistant")
+_CALL_FIELDS = {"type", "name", "arguments", "call_id", "id", "status"}
+_OUTPUT_FIELDS = {"type", "call_id", "output", "id", "status"}
+_REASONING_FIELDS = {"type", "id", "summary", "content", "encrypted_content", "status"}
+
+
+def safe_sdk_item(item: Any) -> dict[str, Any] | None:
+    """``item`` if it is a shape this class writes, else None (read as text instead).
+
+    Any agent can publish a ``message`` event with an ``sdk_item``: taken unchanged it could
+    plant a ``system``/``developer`` instruction in another agent's next run, or an item the
+    model's API refuses on every later run. So only user and assistant messages with text
+    content, tool calls and tool outputs pass, with the fields those carry."""
+    if not isinstance(item, dict):
+        return None
+    kind = item.get("type")
+    if kind in (None, "message"):
+        content = item.get("content")
+        text_parts = isinstance(content, list) and all(
+            isinstance(part, dict) and isinstance(part.get("text"), str) for part in content
+        )
+        if item.get("role") in _ITEM_ROLES and (isinstance(content, str) or text_parts):
+            return item
+        return None
+    if kind == "function_call" and set(item) <= _CALL_FIELDS:
+        if isinstance(item.get("name"), str) and isinstance(item.get("call_id"), str):
+            return item
+        return None
+    if kind == "function_call_output" and set(item) <= _OUTPUT_FIELDS:
+        if isinstance(item.get("call_id"), str):
+            return item
+    if kind == "reasoning" and set(item) <= _REASONING_FIELDS:
+        return item  # reasoning models need theirs back beside their tool calls
+    return None
+
+
 def item_from_event(event: Event) -> dict[str, Any] | None:
     """The input item an event stands for in the agent's memory, or None."""
     data = event.data
     if event.type is EventType.MESSAGE:
-        item = data.get("sdk_item")
-        if isinstance(item, dict):
+        item = safe_sdk_item(data.get("sdk_item"))
+        if item is not None:
             return item
         text = data.get("text")
         if not isinstance(text, str) or not text:
