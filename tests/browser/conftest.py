@@ -222,7 +222,9 @@ def start_fleet(redis_server_url, browser_namespace, agent_loop):
     yield start
     for fleet, task in running:
         task.cancel()
-        concurrent.futures.wait([task], timeout=15)
+        done, _ = concurrent.futures.wait([task], timeout=15)
+        # a fleet still running would make sessions again after the clear below
+        assert done, "the demo fleet did not stop within 15 s of being cancelled"
         asyncio.run_coroutine_threadsafe(
             clear_sessions(redis_server_url, browser_namespace, fleet.settings.prefix), agent_loop
         ).result(timeout=60)
@@ -292,12 +294,18 @@ async def clear_sessions(redis_url: str, namespace: str, prefix: str) -> int:
 async def clear_queued(redis_url: str, namespace: str) -> int:
     """Clear the sessions waiting in the overview's queues (escalations, approvals, pickup)."""
     index = SessionIndex(redis_url, namespace=namespace)
-    ids = {s.session_id for s in await index.escalation_queue(limit=200)}
-    ids |= {a.session_id for a in (await index.pending_approvals(limit=200)).approvals}
-    ids |= {s.session_id for s in (await index.list_sessions(status="waiting", limit=200)).sessions}
-    for session_id in ids:
-        await AgentCoordinator(session_id, redis_url, namespace=namespace).clear()
-    return len(ids)
+    cleared = 0
+    for _ in range(100):  # 200 of each queue per round; 100 rounds is far more than any run
+        ids = {s.session_id for s in await index.escalation_queue(limit=200)}
+        ids |= {a.session_id for a in (await index.pending_approvals(limit=200)).approvals}
+        waiting = await index.list_sessions(status="waiting", limit=200)
+        ids |= {s.session_id for s in waiting.sessions}
+        if not ids:
+            return cleared
+        for session_id in ids:
+            await AgentCoordinator(session_id, redis_url, namespace=namespace).clear()
+        cleared += len(ids)
+    raise AssertionError("the overview's queues kept filling while no test was running")
 
 
 @pytest.fixture
