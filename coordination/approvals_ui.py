@@ -25,6 +25,7 @@ from .services import coordinator
 OVERVIEW_APPROVALS = 20
 # The session page lists this many decided approvals, newest first.
 DECIDED_SHOWN = 20
+PENDING_SHOWN = 20
 ARGS_SUMMARY_CHARS = 100
 # Arguments whose JSON text is larger than this are not offered for editing on the page (the
 # text area would have to hold a cut copy); the API takes edited arguments of any allowed size.
@@ -153,19 +154,22 @@ async def session_approvals_context(
     """The session page's approvals: pending ones (each with its form), then decided ones."""
     approvals = await coordinator(session_id).approvals()
     now = time.time()
-    pending, decided = [], []
-    for approval in approvals:
+    # Rows (and their forms) only for what is shown: an agent can request thousands, and
+    # each row carries up to 16 KiB of arguments twice (shown and in the editor).
+    waiting = [a for a in approvals if a.pending]
+    done = sorted(
+        (a for a in approvals if not a.pending), key=lambda a: a.decided_at or 0, reverse=True
+    )
+    pending = []
+    for approval in waiting[:PENDING_SHOWN]:
         row = approval_row(approval, now)
-        if approval.pending:
-            row["form"] = _form_for(row, bound)
-            pending.append(row)
-        else:
-            decided.append(row)
-    decided.sort(key=lambda r: r["decided_at"] or 0, reverse=True)
+        row["form"] = _form_for(row, bound)
+        pending.append(row)
     return {
         "approvals_pending": pending,
-        "approvals_decided": decided[:DECIDED_SHOWN],
-        "approvals_decided_more": max(0, len(decided) - DECIDED_SHOWN),
+        "approvals_pending_more": max(0, len(waiting) - PENDING_SHOWN),
+        "approvals_decided": [approval_row(a, now) for a in done[:DECIDED_SHOWN]],
+        "approvals_decided_more": max(0, len(done) - DECIDED_SHOWN),
     }
 
 

@@ -447,3 +447,16 @@ def test_a_malformed_session_id_answers_4xx(sup_client, htmx):
         response = decide_post(sup_client, sid, "abc", "approve", htmx=htmx)
         assert response.status_code == 400, sid
         assert "Bad session id" in response.content.decode()
+
+
+def test_a_flood_of_requests_shows_the_oldest_twenty_and_says_how_many_more(
+    sup_client, redis_url, namespace
+):
+    coord = AgentCoordinator("s-flood", redis_url, namespace=namespace)
+    for n in range(45):
+        async_to_sync(coord.request_approval)(f"tool{n}", {"n": n, "blob": "x" * 2000})
+    page = sup_client.get("/sessions/s-flood/").content.decode()
+    panel = re.search(r'<section id="session-approvals".*?</section>', page, re.S).group(0)
+    assert panel.count('name="approval_id"') == 20
+    assert "25 more pending" in panel and "45 pending" in panel
+    assert "tool0" in panel and "tool44" not in panel
