@@ -75,41 +75,49 @@ async def read_human_context(coordinator: AgentCoordinator) -> HumanContext:
     resolution and the escalation reasons a hand-back settled."""
     context = HumanContext()
     pending_reasons: set[str] = set()  # escalated, not yet followed by a hand-back
-    after, seen = "-", 0
-    while seen < MAX_EVENTS:
-        page = await coordinator.events(after=after, limit=PAGE)
-        for event in page:
-            data = event.data if isinstance(event.data, dict) else {}
-            if event.type is EventType.ESCALATED:
-                reason = data.get("reason")
-                if isinstance(reason, str) and reason:
-                    pending_reasons.add(reason)
-            elif event.type is EventType.HANDOFF_REASSIGNED and str(
-                data.get("by") or ""
-            ).startswith("human:"):
-                # a supervisor gave the escalated session to an agent: that settles it too
-                context.resolved |= pending_reasons
-                pending_reasons.clear()
-            elif event.type is EventType.HUMAN_TAKEOVER:
-                # a new takeover: what counts is what people said during this one
-                context.replies.clear()
-                context.notes.clear()
-            elif event.type is EventType.HUMAN_HANDBACK:
-                context.resolved |= pending_reasons
-                pending_reasons.clear()
-                context.handed_back_by = str(data.get("by") or event.source or "")
-                resolution = _text(data.get("resolution")).strip()
-                context.resolution = resolution or None
-            elif event.type is EventType.MESSAGE and data.get("role") == "human":
-                who = str(data.get("from") or event.source or "supervisor")
-                if text := _text(data.get("text")).strip():
-                    context.replies.append((who, text))
-            elif event.type is EventType.NOTE:
-                who = str(data.get("by") or event.source or "supervisor")
-                if text := _text(data.get("text")).strip():
-                    context.notes.append((who, text))
-        seen += len(page)
+    for event in await _newest_events(coordinator):
+        data = event.data if isinstance(event.data, dict) else {}
+        if event.type is EventType.ESCALATED:
+            reason = data.get("reason")
+            if isinstance(reason, str) and reason:
+                pending_reasons.add(reason)
+        elif event.type is EventType.HANDOFF_REASSIGNED and str(data.get("by") or "").startswith(
+            "human:"
+        ):
+            # a supervisor gave the escalated session to an agent: that settles it too
+            context.resolved |= pending_reasons
+            pending_reasons.clear()
+        elif event.type is EventType.HUMAN_TAKEOVER:
+            # a new takeover: what counts is what people said during this one
+            context.replies.clear()
+            context.notes.clear()
+        elif event.type is EventType.HUMAN_HANDBACK:
+            context.resolved |= pending_reasons
+            pending_reasons.clear()
+            context.handed_back_by = str(data.get("by") or event.source or "")
+            resolution = _text(data.get("resolution")).strip()
+            context.resolution = resolution or None
+        elif event.type is EventType.MESSAGE and data.get("role") == "human":
+            who = str(data.get("from") or event.source or "supervisor")
+            if text := _text(data.get("text")).strip():
+                context.replies.append((who, text))
+        elif event.type is EventType.NOTE:
+            who = str(data.get("by") or event.source or "supervisor")
+            if text := _text(data.get("text")).strip():
+                context.notes.append((who, text))
+    return context
+
+
+async def _newest_events(coordinator: AgentCoordinator) -> list:
+    """The newest ``MAX_EVENTS`` events, oldest first: in a long session the latest takeover,
+    replies and hand-back are what matter (reading from the start, they fell past the bound)."""
+    newest: list = []
+    before = None
+    while len(newest) < MAX_EVENTS:
+        page = await coordinator.events(newest_first=True, before=before, limit=PAGE)
+        newest.extend(page)
         if len(page) < PAGE:
             break
-        after = page[-1].id
-    return context
+        before = page[-1].id
+    newest.reverse()
+    return newest

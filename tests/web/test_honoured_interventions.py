@@ -378,3 +378,21 @@ async def test_a_takeover_ends_the_wait_for_the_reassigned_agent(make_coord, ind
     await coord.escalate("still angry")
     await atomic.renew_handoff("s-ra-takeover", "tech_specialist")
     assert "s-ra-takeover" in [s.session_id for s in await index.escalation_queue()]
+
+
+async def test_a_long_session_still_shows_the_agent_its_latest_takeover(make_coord, monkeypatch):
+    from coordination.integrations import human_context
+
+    monkeypatch.setattr(human_context, "MAX_EVENTS", 12)  # the window, made small
+    monkeypatch.setattr(human_context, "PAGE", 5)
+    coord = make_coord("s-ctx-long")
+    for n in range(30):  # more history than the window holds
+        await coord.publish(EventType.MESSAGE, {"role": "customer", "text": f"line {n}"})
+    await coord.escalate("refund over the limit")
+    await coord.take_over("human:sup")
+    await coord.publish(EventType.MESSAGE, {"role": "human", "from": "human:sup", "text": "done"})
+    await coord.hand_back(by="human:sup", resolution="refund approved")
+    context = await read_human_context(coord)
+    assert context.resolution == "refund approved"
+    assert context.replies == [("human:sup", "done")]
+    assert context.resolved == {"refund over the limit"}
