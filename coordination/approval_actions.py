@@ -25,7 +25,7 @@ from .core.keys import validate_session_id
 from .display import cut_chars, json_text, short_text
 from .interventions import Actor, InterventionRefused, _ago, _record
 from .models import AuditEntry
-from .services import coordinator, session_index
+from .services import coordinator, decision_signer, session_index
 
 # Arguments kept in an audit entry up to this many characters of JSON (the event has them all).
 AUDIT_ARGS_CHARS = 2000
@@ -132,7 +132,14 @@ async def decide(
         await _record(index, actor, action, session_id, None, None, "refused", str(refusal))
         raise refusal
     try:
-        await coord.decide(approval_id, approved, by=actor.name, message=message, args=args)
+        await coord.decide(
+            approval_id,
+            approved,
+            by=actor.name,
+            message=message,
+            args=args,
+            signer=decision_signer(),
+        )
     except CoordinationError as exc:
         refusal = explain(exc)
         after = await coord.get_approval(approval_id)

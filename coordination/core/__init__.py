@@ -30,6 +30,7 @@ from .errors import (
     SessionTakenOver,
     UnknownApproval,
     UnknownEventType,
+    UnverifiedDecision,
     VersionConflict,
 )
 from .events import Event, EventType
@@ -42,6 +43,7 @@ from .index import (
     SessionSummary,
 )
 from .keys import STATUSES
+from .signing import DecisionSigner, DecisionVerifier
 
 __all__ = [
     "STATUSES",
@@ -56,6 +58,8 @@ __all__ = [
     "CoordinationError",
     "CorruptStoredValue",
     "Decision",
+    "DecisionSigner",
+    "DecisionVerifier",
     "DecisionTimeout",
     "Event",
     "EventType",
@@ -79,6 +83,7 @@ __all__ = [
     "SessionTakenOver",
     "UnknownApproval",
     "UnknownEventType",
+    "UnverifiedDecision",
     "VersionConflict",
     "check_connection",
     "redact_url",

@@ -34,10 +34,12 @@ from .errors import (
     InvalidSessionId,
     SessionClosed,
     UnknownApproval,
+    UnverifiedDecision,
 )
 from .events import DEFAULT_MAX_PAYLOAD_BYTES, EventType, encode_json
 from .keys import validate_agent_id, validate_session_id
 from .scripts import decide_approval_script, request_approval_script, runs_script
+from .signing import DecisionSigner, DecisionVerifier, decision_payload
 
 APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired")
 MAX_ACTION_CHARS = 200
@@ -60,6 +62,7 @@ class Decision:
     args: Any
     decided_at: float | None
     event_id: str | None
+    signature: str | None = None  # the dashboard's, when it made the decision (see signing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,7 @@ class Approval:
     decided_args: Any = None
     request_event_id: str | None = None
     decision_event_id: str | None = None
+    signature: str | None = None
 
     @property
     def pending(self) -> bool:
@@ -99,6 +103,23 @@ class Approval:
             args=self.decided_args,
             decided_at=self.decided_at,
             event_id=self.decision_event_id,
+            signature=self.signature,
+        )
+
+    def signed_payload(self, namespace: str) -> bytes | None:
+        """The bytes the dashboard signed for this decision (None while undecided)."""
+        decision = self.decision
+        if decision is None:
+            return None
+        return decision_payload(
+            namespace,
+            self.session_id,
+            self.approval_id,
+            self.request_event_id,
+            decision.approved,
+            decision.by or "",
+            decision.message,
+            decision.args,
         )
 
 
@@ -214,6 +235,7 @@ def approval_from_record(session_id: str, raw: str | None) -> Approval | None:
         decided_args=_json_field(record, "decided_args_json"),
         request_event_id=_str(record.get("request_event_id")),
         decision_event_id=_str(record.get("decision_event_id")),
+        signature=_str(record.get("signature")),
     )
 
 
@@ -275,8 +297,12 @@ class ApprovalsMixin:
         by: str,
         message: str | None = None,
         args: Any = None,
+        signer: DecisionSigner | None = None,
     ) -> Decision:
         """Approve or reject, once: a later decision raises ``AlreadyDecided`` naming the first.
+
+        ``signer`` (the dashboard's ``DecisionSigner``) signs the decision so agents can check
+        that a person made it (``wait_for_decision(verifier=...)``).
 
         ``by`` names who decided (the dashboard passes ``human:<username>``); ``args`` are
         edited arguments, allowed only when approving. Publishes ``approval_decided``.
@@ -293,16 +319,34 @@ class ApprovalsMixin:
             if not approved:
                 raise InvalidApproval("edited arguments can only come with an approval")
             args_json = encode_json(args, "args", self.max_payload_bytes)
+        signature = ""
+        if signer is not None:
+            # bound to this request (its event id), so it cannot be moved to another one
+            request = await self.get_approval(approval_id)
+            if request is None:
+                raise UnknownApproval(self.session_id, approval_id)
+            signature = signer.sign(
+                decision_payload(
+                    self.namespace,
+                    self.session_id,
+                    approval_id,
+                    request.request_event_id,
+                    approved,
+                    by,
+                    message,
+                    args,
+                )
+            )
         approval = await self._decide(
-            approval_id, "1" if approved else "0", by, message_json, args_json
+            approval_id, "1" if approved else "0", by, message_json, args_json, signature
         )
         return approval.decision  # type: ignore[return-value]
 
     async def _decide(
-        self, approval_id: str, op: str, by: str, message: str, args: str
+        self, approval_id: str, op: str, by: str, message: str, args: str, signature: str = ""
     ) -> Approval:
         result = await self._run(
-            decide_approval_script, self.session_id, approval_id, op, by, message, args
+            decide_approval_script, self.session_id, approval_id, op, by, message, args, signature
         )
         if result[0] == 0:
             if result[1] == "unknown":
@@ -345,13 +389,21 @@ class ApprovalsMixin:
         rows = [a for a in rows if a is not None and (status is None or a.status == status)]
         return sorted(rows, key=lambda a: (a.requested_at or 0, a.approval_id))
 
-    async def wait_for_decision(self, approval_id: str, timeout: float | None = None) -> Decision:
+    async def wait_for_decision(
+        self,
+        approval_id: str,
+        timeout: float | None = None,
+        *,
+        verifier: DecisionVerifier | None = None,
+    ) -> Decision:
         """The decision on ``approval_id``: at once if made, else when it is made.
 
         Follows the session's events from the request on. Raises ``DecisionTimeout`` after
         ``timeout`` seconds without a decision (the approval stays pending), ``ApprovalExpired``
         when its expiry passes first (it is marked expired then), ``SessionClosed`` when the
-        session is closed while the approval is pending, ``UnknownApproval``.
+        session is closed while the approval is pending, ``UnknownApproval``. With a
+        ``verifier`` (the dashboard's public key), a decision it did not sign raises
+        ``UnverifiedDecision`` instead of being returned.
         """
         if timeout is not None and (
             not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0
@@ -363,7 +415,7 @@ class ApprovalsMixin:
         cursor = approval.request_event_id or "0"
         while True:
             if not approval.pending:
-                return self._outcome(approval)
+                return self._outcome(approval, verifier)
             step: float | None = None
             if approval.expires_at is not None:
                 step = approval.expires_at - self.clock()
@@ -402,10 +454,15 @@ class ApprovalsMixin:
             raise UnknownApproval(self.session_id, approval_id)
         return approval
 
-    def _outcome(self, approval: Approval) -> Decision:
+    def _outcome(self, approval: Approval, verifier: DecisionVerifier | None = None) -> Decision:
         if approval.status == "expired":
             raise ApprovalExpired(self.session_id, approval.approval_id, approval.decided_at)
-        return approval.decision  # type: ignore[return-value]
+        decision = approval.decision
+        if verifier is not None and not verifier.verify(
+            approval.signed_payload(self.namespace), approval.signature
+        ):
+            raise UnverifiedDecision(self.session_id, approval.approval_id, approval.decided_by)
+        return decision  # type: ignore[return-value]
 
     # -- saved runs -----------------------------------------------------------------------
 

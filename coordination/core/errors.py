@@ -193,3 +193,17 @@ class DecisionTimeout(CoordinationError, TimeoutError):
             f"no decision on approval {approval_id!r} of session {session_id!r} "
             f"within {timeout:g} seconds (it is still pending)"
         )
+
+
+class UnverifiedDecision(CoordinationError):
+    """A decision without a valid dashboard signature: it may have been written by an agent
+    (anyone holding the agents' Redis credentials can write one naming any supervisor)."""
+
+    def __init__(self, session_id: str, approval_id: str, claimed_by: str | None) -> None:
+        self.session_id = session_id
+        self.approval_id = approval_id
+        self.claimed_by = claimed_by
+        super().__init__(
+            f"the decision on approval {approval_id!r} of session {session_id!r} (claimed by "
+            f"{claimed_by!r}) carries no valid dashboard signature; not acting on it"
+        )

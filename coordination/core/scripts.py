@@ -508,7 +508,8 @@ return {1, record}
 """
 
 # ARGV[5] approval id, [6] '1' approve, '0' reject, 'x' only expire it if its time has passed,
-# [7] by, [8] message JSON, [9] edited args JSON ('' = none).
+# [7] by, [8] message JSON, [9] edited args JSON ('' = none), [10] the dashboard's signature
+# ('' = unsigned; see signing.py).
 # Returns {1, record} decided now, {3, record} expired now, {2, record} still pending ('x'),
 # {0, 'decided', record} decided (or expired) before, {0, 'unknown', ''}.
 DECIDE_APPROVAL = r"""
@@ -535,7 +536,12 @@ else
     args = ARGV[9]
   end
   source = ARGV[7]
-  data = '{"approval_id":' .. jstr(aid) .. ',"approved":' .. tostring(approved) .. ',"by":' .. jstr(ARGV[7]) .. ',"message":' .. ARGV[8] .. ',"args":' .. args .. ',"action":' .. jstr(rec.action) .. '}'
+  local signed = ''
+  if ARGV[10] ~= '' then
+    rec.signature = ARGV[10]
+    signed = ',"signature":' .. jstr(ARGV[10])
+  end
+  data = '{"approval_id":' .. jstr(aid) .. ',"approved":' .. tostring(approved) .. ',"by":' .. jstr(ARGV[7]) .. ',"message":' .. ARGV[8] .. ',"args":' .. args .. ',"action":' .. jstr(rec.action) .. signed .. '}'
 end
 rec.decided_ms = NOW
 rec.decision_event_id = emit('approval_decided', data, source, nil)

@@ -48,6 +48,7 @@ from ..core import (
     CoordinationError,
     Decision,
     DecisionTimeout,
+    DecisionVerifier,
     EventType,
     SessionTakenOver,
 )
@@ -187,9 +188,12 @@ class _Run:
         name: str | None = None,
         approval_timeout: float | None = None,
         approval_expires_in: float | None = None,
+        verifier: DecisionVerifier | None = None,
         run_kwargs: dict[str, Any],
     ) -> None:
         self.agent = agent
+        # decisions must carry the dashboard's signature when a key is given or configured
+        self.verifier = verifier if verifier is not None else DecisionVerifier.from_env()
         self.coordinator = coordinator
         self.hooks = hooks
         self.name = name or uuid.uuid4().hex
@@ -261,7 +265,7 @@ class _Run:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 decisions[step["call_id"]] = await self.coordinator.wait_for_decision(
-                    step["approval_id"], timeout=left
+                    step["approval_id"], timeout=left, verifier=self.verifier
                 )
             except ApprovalExpired:
                 decisions[step["call_id"]] = None
@@ -322,6 +326,7 @@ async def run_guarded(
     hooks: CoordinationHooks | None = None,
     approval_timeout: float | None = None,
     approval_expires_in: float | None = None,
+    verifier: DecisionVerifier | None = None,
     **kwargs: Any,
 ):
     """``Runner.run`` that refuses to start (or go on) while a human controls the session,
@@ -329,8 +334,9 @@ async def run_guarded(
 
     ``approval_timeout`` bounds the wait for decisions (``DecisionTimeout``; the run stays
     saved for ``resume_pending``); ``approval_expires_in`` makes each request expire (the
-    call is then not run). Other keyword arguments (``session=``, ``max_turns=``, ...) go to
-    ``Runner.run``.
+    call is then not run). ``verifier`` (default: ``COORDINATION_DECISION_KEY`` when set)
+    refuses decisions the dashboard did not sign with ``UnverifiedDecision``: the call is
+    not run. Other keyword arguments (``session=``, ``max_turns=``, ...) go to ``Runner.run``.
     """
     hooks = hooks or CoordinationHooks(coordinator)
     guarded = _Run(
@@ -339,6 +345,7 @@ async def run_guarded(
         hooks,
         approval_timeout=approval_timeout,
         approval_expires_in=approval_expires_in,
+        verifier=verifier,
         run_kwargs=kwargs,
     )
 
@@ -356,6 +363,7 @@ async def resume_pending(
     hooks: CoordinationHooks | None = None,
     approval_timeout: float | None = None,
     approval_expires_in: float | None = None,
+    verifier: DecisionVerifier | None = None,
     **kwargs: Any,
 ) -> list:
     """Resume the session's saved runs of ``agent`` (after a crash or restart): wait for
@@ -385,6 +393,7 @@ async def resume_pending(
             name=name,
             approval_timeout=approval_timeout,
             approval_expires_in=approval_expires_in,
+            verifier=verifier,
             run_kwargs=kwargs,
         )
         guarded.preapproved = [p for p in record.get("preapproved") or [] if isinstance(p, list)]

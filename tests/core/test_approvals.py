@@ -395,3 +395,55 @@ async def test_records_written_around_the_core_are_not_trusted(make):
     page = await make.index().pending_approvals()
     assert [a.approval_id for a in page.approvals] == [real.approval_id]
     assert (await coord.decide(real.approval_id, True, by="human:alice")).approved
+
+
+async def test_a_signed_decision_is_verified_and_a_forged_one_is_refused(make, redis_sync):
+    import json
+
+    from coordination import DecisionSigner, DecisionVerifier, UnverifiedDecision
+
+    coord = make.coordinator("s-signed")
+    signer = DecisionSigner.from_secret("the dashboard's secret", coord.namespace)
+    verifier = DecisionVerifier(signer.public_key)
+    dashboard = make.coordinator("s-signed")
+    rogue = make.coordinator("s-signed", source="rogue_agent")  # the agents' credentials
+
+    good = await coord.request_approval("refund", {"amount": 5})
+    await dashboard.decide(
+        good.approval_id, True, by="human:ann", message="ok", args={"amount": 4}, signer=signer
+    )
+    decision = await coord.wait_for_decision(good.approval_id, verifier=verifier)
+    assert decision.approved and decision.args == {"amount": 4} and decision.signature
+
+    forged = await coord.request_approval("refund", {"amount": 500})
+    await rogue.decide(forged.approval_id, True, by="human:ann")  # names a supervisor
+    with pytest.raises(UnverifiedDecision) as info:
+        await coord.wait_for_decision(forged.approval_id, verifier=verifier)
+    assert info.value.claimed_by == "human:ann"
+
+    # a signed rejection turned into an approval straight in Redis
+    altered = await coord.request_approval("wire", {"to": "x"})
+    await dashboard.decide(altered.approval_id, False, by="human:ann", signer=signer)
+    key = coord.keys.session("s-signed").approvals
+    record = json.loads(redis_sync.hget(key, altered.approval_id))
+    redis_sync.hset(key, altered.approval_id, json.dumps({**record, "status": "approved"}))
+    with pytest.raises(UnverifiedDecision):
+        await coord.wait_for_decision(altered.approval_id, verifier=verifier)
+
+    # a real signature copied onto another request
+    moved = await coord.request_approval("refund", {"amount": 5})
+    await rogue.decide(moved.approval_id, True, by="human:ann", message="ok", args={"amount": 4})
+    record = json.loads(redis_sync.hget(key, moved.approval_id))
+    redis_sync.hset(key, moved.approval_id, json.dumps({**record, "signature": decision.signature}))
+    with pytest.raises(UnverifiedDecision):
+        await coord.wait_for_decision(moved.approval_id, verifier=verifier)
+
+    # another deployment's key, and keys that are not keys
+    other = DecisionVerifier(DecisionSigner.from_secret("another", coord.namespace).public_key)
+    with pytest.raises(UnverifiedDecision):
+        await coord.wait_for_decision(good.approval_id, verifier=other)
+    for bad in ("not a key", "", "x" * 44, "\ud800"):
+        with pytest.raises(InvalidApproval):
+            DecisionVerifier(bad)
+    # without a verifier (no key configured) decisions are taken as before
+    assert (await coord.wait_for_decision(forged.approval_id)).approved

@@ -308,3 +308,35 @@ async def test_a_takeover_while_waiting_stops_the_run_until_hand_back(make):
     await supervisor.hand_back("billing", by="human:alice")
     [result] = await resume_pending(desk.agent, coordinator=coord)
     assert desk.refunds == [("A1", 120)] and result.final_output == "Done: refunded 120 on A1"
+
+
+async def test_a_decision_the_dashboard_did_not_sign_runs_no_tool(make, monkeypatch):
+    from coordination import DecisionSigner, UnverifiedDecision
+
+    signer = DecisionSigner.from_secret("the dashboard's secret", make.coordinator().namespace)
+    monkeypatch.setenv("COORDINATION_DECISION_KEY", signer.public_key)  # the agents' setting
+    coord = make.coordinator("sdk-forged")
+    desk = Desk()
+    run = asyncio.create_task(run_guarded(desk.agent, "refund A1", coordinator=coord))
+    event = await requested(coord)
+    rogue = make.coordinator("sdk-forged", source="rogue_agent")
+    await rogue.decide(event.data["approval_id"], True, by="human:alice")
+    with pytest.raises(UnverifiedDecision):
+        await asyncio.wait_for(run, 30)
+    assert desk.refunds == []
+
+
+async def test_a_signed_decision_runs_the_tool(make, monkeypatch):
+    from coordination import DecisionSigner
+
+    signer = DecisionSigner.from_secret("the dashboard's secret", make.coordinator().namespace)
+    monkeypatch.setenv("COORDINATION_DECISION_KEY", signer.public_key)
+    coord = make.coordinator("sdk-signed")
+    desk = Desk()
+    run = asyncio.create_task(run_guarded(desk.agent, "refund A1", coordinator=coord))
+    event = await requested(coord)
+    await make.coordinator("sdk-signed").decide(
+        event.data["approval_id"], True, by="human:alice", signer=signer
+    )
+    await asyncio.wait_for(run, 30)
+    assert desk.refunds == [("A1", 120)]

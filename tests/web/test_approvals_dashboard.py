@@ -5,16 +5,24 @@ audit trail, /metrics. Real Redis, one server and a Cluster (see conftest's ``re
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth.models import Group, Permission, User
+from django.core.management import call_command
 from django.template.loader import render_to_string
 from django.test import AsyncClient, Client
 
-from coordination import AgentCoordinator, EventType, SessionIndex, approval_actions
+from coordination import (
+    AgentCoordinator,
+    DecisionVerifier,
+    EventType,
+    SessionIndex,
+    approval_actions,
+)
 from coordination.core import ApprovalExpired
 from coordination.interventions import Actor
 from coordination.models import ApiToken, AuditEntry
@@ -185,6 +193,14 @@ def test_approve_with_edited_arguments(sup_client, coord):
     assert "Approved refund with edited arguments." in response.content.decode()
     decision = async_to_sync(coord("ed-1").wait_for_decision)(approval.approval_id, timeout=5)
     assert decision.approved and decision.args == {"amount": 100}
+    # signed by the dashboard: an agent given `manage.py decision_key` can check it
+    out = io.StringIO()
+    call_command("decision_key", stdout=out)
+    verifier = DecisionVerifier(out.getvalue().strip())
+    checked = async_to_sync(coord("ed-1").wait_for_decision)(
+        approval.approval_id, timeout=5, verifier=verifier
+    )
+    assert checked == decision and checked.signature
 
 
 @pytest.mark.parametrize("htmx", [True, False])

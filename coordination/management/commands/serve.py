@@ -21,8 +21,10 @@ from django.core.management.base import BaseCommand
 from coordination import redis_acl
 from coordination.core import RedisUnavailable, check_connection
 from coordination.core.connection import redact_url
+from coordination.core.signing import DECISION_KEY_ENV
 from coordination.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from coordination.processes import uvicorn_proxy_args
+from coordination.services import decision_signer
 
 
 class Command(BaseCommand):
@@ -96,7 +98,12 @@ class Command(BaseCommand):
                 children.append(
                     subprocess.Popen(
                         [sys.executable, "manage.py", "simulate_agents"],
-                        env={**env, "REDIS_URL": agents_url},
+                        # the agents check that a person made each decision (docs/security.md)
+                        env={
+                            **env,
+                            "REDIS_URL": agents_url,
+                            DECISION_KEY_ENV: decision_signer().public_key,
+                        },
                     )
                 )
             url = f"http://{host}:{port}/"
