@@ -8,6 +8,7 @@ import concurrent.futures
 import os
 import shutil
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
@@ -174,6 +175,16 @@ def wait_live(page) -> None:
     expect(page.locator("[data-live-indicator]")).to_have_attribute(
         "data-state", "connected", timeout=15_000
     )
+
+
+def wait_for_js(page, expression: str, what: str, timeout: float = 15.0) -> None:
+    """Poll a JavaScript expression until it is truthy. Not ``page.wait_for_function``: once
+    its first check fails, Playwright polls with ``eval`` in the page, which the dashboard's
+    Content-Security-Policy (no 'unsafe-eval') refuses, so a late condition failed the test."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"gave up after {timeout:g} s waiting for {what}"
+        page.wait_for_timeout(50)
 
 
 def login(page, base_url: str, username: str) -> None:

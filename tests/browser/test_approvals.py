@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from coordination import AgentCoordinator
 
-from .conftest import wait_live
+from .conftest import wait_for_js, wait_live
 
 pytestmark = pytest.mark.browser
 
@@ -164,7 +164,7 @@ def test_opted_in_supervisor_is_alerted_of_a_new_approval(asgi_server, page_fact
     page.locator("[data-alerts-toggle]").click()
     expect(page.locator("[data-alerts-toggle]")).to_have_attribute("aria-pressed", "true")
     request(core, sid)
-    page.wait_for_function(f"window.__notified.some(n => n[1] === {sid!r})")
+    wait_for_js(page, f"window.__notified.some(n => n[1] === {sid!r})", "the notification")
     assert page.evaluate("window.__notified") == [["Approval requested", sid]]
     assert page.evaluate("window.coordinator.alertLog") == [
         {"title": "Approval requested", "session": sid}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import LiveServer, wait_live
+from .conftest import LiveServer, wait_for_js, wait_live
 
 pytestmark = pytest.mark.browser
 
@@ -55,7 +55,7 @@ def test_opted_in_supervisor_is_alerted_and_the_sla_lights_up(
     core.run(sid, lambda c: c.escalate("refund", {"queue": "fast"}))
     row = page.locator(f'#escalation-queue tr[data-session-id="{sid}"]')
     expect(row).to_contain_text("fast · SLA 1m")
-    page.wait_for_function(f"window.__notified.some(n => n[1] === {sid!r})")
+    wait_for_js(page, f"window.__notified.some(n => n[1] === {sid!r})", "the notification")
     assert page.evaluate("window.coordinator.alertLog") == [sid]  # not the one already there
     assert page.evaluate("window.__notified") == [["Session escalated", sid]]
 
@@ -75,5 +75,5 @@ def test_opted_in_supervisor_is_alerted_and_the_sla_lights_up(
     wait_live(quiet)
     core.run(f"{sid}-2", lambda c: c.escalate("another"))
     expect(quiet.locator(f'#session-rows tr[data-session-id="{sid}-2"]')).to_be_visible()
-    page.wait_for_function(f"window.coordinator.alertLog.includes({sid + '-2'!r})")
+    wait_for_js(page, f"window.coordinator.alertLog.includes({sid + '-2'!r})", "the alert")
     assert quiet.evaluate("window.__notified") == []
