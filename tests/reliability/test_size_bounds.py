@@ -318,9 +318,16 @@ def test_a_client_that_never_reads_is_cut_off_not_buffered(
             max_size=None,
         )
         await ws.send('{"resume": "0"}')
+        # The replay of the first event proves the server handled the resume, so the flood
+        # below arrives live. (Published before the resume was handled, under load, it went to
+        # the bounded pre-resume buffer and the bounded replay instead: no 8 MiB ever queued,
+        # no close, and the read below waited for good.) From here on the client reads nothing.
+        async with asyncio.timeout(30):
+            while "data-event-id" not in str(await ws.recv()):
+                pass
         return ws
 
-    ws = asyncio.run_coroutine_threadsafe(open_and_never_read(), agent_loop).result(30)
+    ws = asyncio.run_coroutine_threadsafe(open_and_never_read(), agent_loop).result(60)
     try:
         before = _rss_bytes(pid)
         # ~64 kB rows ("<" escapes to "&lt;"): 400 of them are ~26 MB of frames for one client
