@@ -238,15 +238,22 @@ def test_two_supervisors_click_at_once_and_one_decision_is_made(
         wait_live(page)
     # Both pages were drawn before either decided; each posts its own form (its cookie, its
     # CSRF token) without waiting, so the two decisions are in flight together.
-    start = """(decision) => {
+    # Both forms are read before either is sent: once the first decision is made, the live
+    # push redraws the other page's panel without its form (seen: FormData(null) under load).
+    prepare = """(decision) => {
         const form = document.querySelector('form.approval-form');
-        const body = new FormData(form);
-        body.set('decision', decision);
-        window.__race = fetch(form.action, {method: 'POST', body,
-                                            headers: {'HX-Request': 'true'}}).then(r => r.text());
+        window.__body = new FormData(form);
+        window.__body.set('decision', decision);
+        window.__action = form.action;
     }"""
-    alice.evaluate(start, "approve")
-    bob.evaluate(start, "reject")
+    send = """() => {
+        window.__race = fetch(window.__action, {method: 'POST', body: window.__body,
+                                                headers: {'HX-Request': 'true'}}).then(r => r.text());
+    }"""
+    alice.evaluate(prepare, "approve")
+    bob.evaluate(prepare, "reject")
+    alice.evaluate(send)
+    bob.evaluate(send)
     responses = [page.evaluate("() => window.__race") for page in (alice, bob)]
     texts = [re.search(r'id="action-result"[^>]*>([^<]*)<', r).group(1) for r in responses]
     done = [t for t in texts if t in ("Approved refund.", "Rejected refund.")]
