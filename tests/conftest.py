@@ -3,10 +3,16 @@ namespace per test that is deleted afterwards, and Django settings pointing at b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -137,3 +143,36 @@ def ns_keys(redis_sync, namespace):
         return set(redis_sync.scan_iter(match=f"{namespace}:*", count=1000))
 
     return keys
+
+
+@contextlib.contextmanager
+def running_serve(var_dir: Path, **env: str):
+    """``manage.py serve`` started as a user starts it (no REDIS_URL or DATABASE_URL), until
+    it prints its banner. Yields the process and its output (a list that keeps filling: its
+    pipe is drained, since serve and uvicorn share it and a full pipe would block them). On
+    the way out a serve still running is stopped the way a user does: Ctrl-C."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    environ.update(COORDINATION_VAR_DIR=str(var_dir), **env)
+    serve = subprocess.Popen(
+        [sys.executable, "manage.py", "serve"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        for line in serve.stdout:
+            output.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        threading.Thread(target=lambda: output.extend(serve.stdout), daemon=True).start()
+        yield serve, output
+    finally:
+        if serve.poll() is None:  # a failed assertion: still stop it the way a user would
+            serve.send_signal(signal.SIGINT)
+            try:
+                serve.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                serve.kill()

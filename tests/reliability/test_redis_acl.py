@@ -34,6 +34,7 @@ from coordination.embedded_redis import EmbeddedRedis, redis_server_binary
 from coordination.live import ACQUIRE_OR_RENEW, SESSIONS_GROUP, session_group
 
 from ..browser.conftest import page_factory  # noqa: F401  (the live-server test)
+from ..conftest import running_serve
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "coord"  # the production namespace: a private server, so the real key names are used
@@ -523,26 +524,9 @@ def test_make_run_gives_the_demo_agents_their_own_user(tmp_path):
     from coordination.processes import free_port
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(
-        COORDINATION_VAR_DIR=str(tmp_path),
-        PORT=str(port),
-        DJANGO_SUPERUSER_PASSWORD="serve-acl-password-1",
-    )
-    serve = subprocess.Popen(
-        [sys.executable, "manage.py", "serve"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = []
-    try:
-        for line in serve.stdout:
-            output.append(line)
-            if "Press Ctrl-C" in line:
-                break
+    with running_serve(
+        tmp_path, PORT=str(port), DJANGO_SUPERUSER_PASSWORD="serve-acl-password-1"
+    ) as (serve, output):
         text = "".join(output)
         files = {n: tmp_path / "redis-acl" / f"{n}.url" for n in ("agents", "dashboard", "admin")}
         urls = {n: p.read_text().strip() for n, p in files.items()}
@@ -571,13 +555,6 @@ def test_make_run_gives_the_demo_agents_their_own_user(tmp_path):
             admin.close()
         serve.send_signal(signal.SIGINT)
         assert serve.wait(timeout=30) == 0
-    finally:
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGINT)
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                serve.kill()
 
 
 # -- the dashboard end to end on its own user ----------------------------------------------

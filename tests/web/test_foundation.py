@@ -6,12 +6,13 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from coordination.embedded_redis import EmbeddedRedis
+
+from ..conftest import running_serve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,31 +123,9 @@ def test_serve_starts_embedded_redis_and_stops_everything_on_ctrl_c(tmp_path):
     from coordination.processes import free_port
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(
-        COORDINATION_VAR_DIR=str(tmp_path),
-        PORT=str(port),
-        DEMO_AGENTS="0",
-        DJANGO_SUPERUSER_PASSWORD="serve-test-password-1",
-    )
-    serve = subprocess.Popen(
-        [sys.executable, "manage.py", "serve"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = []
-    try:
-        for line in serve.stdout:
-            output.append(line)
-            if "Press Ctrl-C" in line:
-                break
-        # Keep reading: a full pipe would block serve (and uvicorn, which shares its stdout)
-        # on its next write, and a blocked process cannot stop on Ctrl-C.
-        drain = threading.Thread(target=lambda: output.extend(serve.stdout), daemon=True)
-        drain.start()
+    with running_serve(
+        tmp_path, PORT=str(port), DEMO_AGENTS="0", DJANGO_SUPERUSER_PASSWORD="serve-test-password-1"
+    ) as (serve, output):
         text = "".join(output)
         redis_url = re.search(r"Started embedded Redis at (\S+)", text).group(1)
         assert f"http://127.0.0.1:{port}/" in text and "DJANGO_SUPERUSER_PASSWORD" in text
@@ -164,13 +143,6 @@ def test_serve_starts_embedded_redis_and_stops_everything_on_ctrl_c(tmp_path):
             assert serve.wait(timeout=30) == 0
         except subprocess.TimeoutExpired:
             pytest.fail("serve did not stop within 30 s of Ctrl-C; its output:\n" + "".join(output))
-    finally:
-        if serve.poll() is None:  # a failed assertion above: still stop it the way a user would
-            serve.send_signal(signal.SIGINT)
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                serve.kill()
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()
     import socket
