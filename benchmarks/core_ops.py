@@ -1,4 +1,11 @@
-"""Core operations against raw redis-py doing the least the same job needs, same Redis, same run."""
+"""Core operations against raw redis-py doing the least the same job needs, same Redis, same run.
+
+Each comparison runs ours and raw redis-py in alternating rounds (so load beside the run hits
+both alike) and reports the median of each side, their ratio, and what the server spent per
+operation (``INFO commandstats``: every command's ``usec`` summed, before and after each side's
+rounds, divided by the operations done). Both sides share one client among their tasks, as an
+agent process shares the core's client per event loop.
+"""
 
 from __future__ import annotations
 
@@ -24,51 +31,103 @@ PAYLOAD = {
 }
 
 
-async def _clients(url: str, n: int) -> list[aioredis.Redis]:
-    clients = [aioredis.Redis.from_url(url, decode_responses=True) for _ in range(n)]
-    await asyncio.gather(*(c.ping() for c in clients))
-    return clients
+SCRIPT_COMMANDS = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall", "cmdstat_fcall_ro")
 
 
-async def _throughput(clients, make_op, ops_per_client: int) -> float:
-    async def worker(i, client):
+async def server_usec(client) -> tuple[float, float, float]:
+    """What the server spent so far, in microseconds: (every command's ``usec`` summed, the
+    script commands' ``usec`` alone, the main thread's CPU time).
+
+    A script's ``usec`` includes the commands it calls, which ``INFO commandstats`` counts once
+    more under their own names, so for a side that runs scripts the first figure double-counts
+    and the second and third are the ones to read; the CPU time also holds the server's
+    network and event-loop work."""
+    stats = await client.info("commandstats")
+    total = sum(v["usec"] for v in stats.values() if isinstance(v, dict))
+    scripts = sum(stats[k]["usec"] for k in SCRIPT_COMMANDS if k in stats)
+    cpu = await client.info("cpu")
+    main = cpu.get("used_cpu_sys_main_thread", cpu["used_cpu_sys"]) + cpu.get(
+        "used_cpu_user_main_thread", cpu["used_cpu_user"]
+    )
+    return total, scripts, main * 1e6
+
+
+async def _throughput(client, make_op, tasks: int, ops_per_task: int) -> float:
+    async def worker(i):
         op = make_op(i, client)
-        for n in range(ops_per_client):
+        for n in range(ops_per_task):
             await op(n)
 
     with Stopwatch() as sw:
-        await asyncio.gather(*(worker(i, c) for i, c in enumerate(clients)))
-    return len(clients) * ops_per_client / sw.seconds
+        await asyncio.gather(*(worker(i) for i in range(tasks)))
+    return tasks * ops_per_task / sw.seconds
 
 
 async def compare(
-    name, url, namespace, ours, baseline, *, concurrency, ops, rounds, unit="ops/s", target=""
+    name,
+    url,
+    ours,
+    baseline,
+    *,
+    tasks,
+    ops,
+    rounds,
+    unit="ops/s",
+    target=">= 0.9",
+    info_client=None,
 ):
-    """Ours runs on clients made the way the library makes them (``new_client``), the
-    baseline on plain redis-py clients, as a user would write it."""
-    clients = await _clients(url, concurrency)
-    our_clients = [new_client(url) for _ in range(concurrency)]
-    await asyncio.gather(*(c.ping() for c in our_clients))
+    """Ours runs on a client made the way the library makes it (``new_client``), the
+    baseline on a plain redis-py client, as a user would write it; rounds alternate."""
+    raw_client = aioredis.Redis.from_url(url, decode_responses=True)
+    our_client = new_client(url)
+    info = info_client or aioredis.Redis.from_url(url, decode_responses=True)
+    per_task = max(10, ops // tasks)
     try:
-        await _throughput(our_clients, ours, max(10, ops // 20))  # warm up scripts and pools
-        await _throughput(clients, baseline, max(10, ops // 20))
-        mine, base = [], []
-        for _ in range(rounds):  # interleaved, so drift hits both sides alike
-            mine.append(await _throughput(our_clients, ours, ops))
-            base.append(await _throughput(clients, baseline, ops))
+        await _throughput(our_client, ours, tasks, max(5, per_task // 10))  # warm up
+        await _throughput(raw_client, baseline, tasks, max(5, per_task // 10))
+        mine, base, mine_us, base_us = [], [], [], []
+        for _ in range(rounds):
+            before = await server_usec(info)
+            mine.append(await _throughput(our_client, ours, tasks, per_task))
+            middle = await server_usec(info)
+            base.append(await _throughput(raw_client, baseline, tasks, per_task))
+            after = await server_usec(info)
+            done = tasks * per_task
+            # the INFO calls themselves are counted in the next snapshot: two per round
+            mine_us.append([(middle[i] - before[i]) / done for i in range(3)])
+            base_us.append([(after[i] - middle[i]) / done for i in range(3)])
     finally:
-        await asyncio.gather(*(c.aclose() for c in clients + our_clients))
+        await raw_client.aclose()
+        await our_client.aclose()
+        if info_client is None:
+            await info.aclose()
+    # ours: what its scripts and its plain reads cost (every command minus those the scripts
+    # called would need per-caller stats Redis does not keep): scripts' usec + the non-script
+    # part is taken from the CPU figure instead; raw: every command's usec
+    ours_script_us = statistics.median(m[1] for m in mine_us)
+    ours_cpu_us = statistics.median(m[2] for m in mine_us)
+    raw_us = statistics.median(b[0] for b in base_us)
+    raw_cpu_us = statistics.median(b[2] for b in base_us)
     return Row(
-        f"{name} (c={concurrency})",
+        f"{name} ({tasks} task{'s' if tasks > 1 else ''})",
         statistics.median(mine),
         statistics.median(base),
         unit,
         target=target,
-        spread=f"ours {spread(mine)}; raw {spread(base)}",
+        spread=f"ours {spread(mine)}; raw {spread(base)}; server us/op: scripts {ours_script_us:.1f}"
+        f" (commandstats), CPU ours {ours_cpu_us:.1f} vs raw {raw_cpu_us:.1f}"
+        f" (raw commands {raw_us:.1f})",
+        extra={
+            "server_script_us_ours": ours_script_us,
+            "server_cpu_us_ours": ours_cpu_us,
+            "server_cpu_us_raw": raw_cpu_us,
+            "server_command_us_raw": raw_us,
+            "tasks": tasks,
+        },
     )
 
 
-async def bench_publish(url, ns, concurrency, ops, rounds):
+def _publish_ops(ns):
     def ours(i, client):
         coord = AgentCoordinator(f"pub-{i}", client=client, namespace=ns)
         return lambda n: coord.publish(EventType.HANDOFF_READY, PAYLOAD)
@@ -85,20 +144,10 @@ async def bench_publish(url, ns, concurrency, ops, rounds):
 
         return op
 
-    return await compare(
-        "publish vs XADD+PUBLISH",
-        url,
-        ns,
-        ours,
-        raw,
-        concurrency=concurrency,
-        ops=ops,
-        rounds=rounds,
-        target=">= 0.8",
-    )
+    return ours, raw
 
 
-async def bench_claims(url, ns, concurrency, ops, rounds):
+def _claim_ops(ns):
     def ours(i, client):
         atomic = AtomicOperations(client=client, namespace=ns)
 
@@ -117,21 +166,10 @@ async def bench_claims(url, ns, concurrency, ops, rounds):
 
         return op
 
-    return await compare(
-        "claim+release vs SET NX PX+DEL",
-        url,
-        ns,
-        ours,
-        raw,
-        concurrency=concurrency,
-        ops=ops,
-        rounds=rounds,
-        unit="pairs/s",
-        target=">= 0.8",
-    )
+    return ours, raw
 
 
-async def bench_state(url, ns, concurrency, ops, rounds):
+def _state_ops(ns):
     value = {"status": "in_progress", "items": [1, 2, 3]}
 
     def ours(i, client):
@@ -152,17 +190,74 @@ async def bench_state(url, ns, concurrency, ops, rounds):
 
         return op
 
-    return await compare(
-        "set_state+get_state vs HSET+HGET",
-        url,
-        ns,
-        ours,
-        raw,
-        concurrency=concurrency,
-        ops=ops,
-        rounds=rounds,
-        unit="pairs/s",
-        target=">= 0.8",
+    return ours, raw
+
+
+OPERATIONS = {
+    "publish vs XADD+PUBLISH": (_publish_ops, "ops/s"),
+    "claim+release vs SET NX PX+DEL": (_claim_ops, "pairs/s"),
+    "set_state+get_state vs HSET+HGET": (_state_ops, "pairs/s"),
+}
+
+
+async def bench_operations(url, ns, tasks_list=(1, 16), ops=600, rounds=5) -> list[Row]:
+    rows = []
+    for tasks in tasks_list:
+        for name, (make, unit) in OPERATIONS.items():
+            ours, raw = make(ns)
+            rows.append(
+                await compare(name, url, ours, raw, tasks=tasks, ops=ops, rounds=rounds, unit=unit)
+            )
+    return rows
+
+
+async def bench_backlog(url, ns, events=2000, rounds=5) -> Row:
+    """Read a session's backlog of ``events`` through ``subscribe()`` against a plain XREAD
+    loop (COUNT 200, each payload decoded with ``json.loads``), alternating rounds."""
+    coord = AgentCoordinator("backlog", url, namespace=ns)
+    for _ in range(events):
+        await coord.publish(EventType.MESSAGE, {"role": "user", "text": "hello", "n": 1})
+    key = coord.keys.session("backlog").events
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    reader = AgentCoordinator("backlog", client=new_client(url), namespace=ns)
+
+    async def ours():
+        seen = 0
+        async for _event in reader.subscribe(since="0"):
+            seen += 1
+            if seen == events:
+                return
+
+    async def raw():
+        cursor, seen = "0", 0
+        while seen < events:
+            reply = await client.xread({key: cursor}, count=200, block=5000)
+            for entry_id, fields in reply[0][1]:
+                cursor = entry_id
+                json.loads(fields["d"])
+                seen += 1
+
+    mine, base = [], []
+    try:
+        await ours()
+        await raw()
+        for _ in range(rounds):
+            with Stopwatch() as sw:
+                await ours()
+            mine.append(events / sw.seconds)
+            with Stopwatch() as sw:
+                await raw()
+            base.append(events / sw.seconds)
+    finally:
+        await client.aclose()
+        await reader.redis.aclose()
+    return Row(
+        f"subscribe backlog of {events:,} events vs XREAD loop",
+        statistics.median(mine),
+        statistics.median(base),
+        "events/s",
+        target=">= 0.9",
+        spread=f"ours {spread(mine)}; raw {spread(base)}",
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from .calls import fast_pool, run_script
 from .connection import UNAVAILABLE_ERRORS, is_cluster, resolve_url, shared_client, unavailable
 from .errors import CoordinationError, CorruptStoredValue
 from .events import DEFAULT_MAX_PAYLOAD_BYTES
@@ -100,6 +101,11 @@ class RedisBacked:
         keys = self._script_keys(session_id, cluster)
         try:
             if not cluster:
+                pool = fast_pool(client)
+                if pool is not None:
+                    return await run_script(
+                        pool, script, keys, self._script_args(session_id, *args)
+                    )
                 return await script(client, keys, self._script_args(session_id, *args))
             result, ops = await script.cluster(client, keys, self._script_args(session_id, *args))
         except UNAVAILABLE_ERRORS as exc:

@@ -95,6 +95,22 @@ class SessionKeys:
 class Keyspace:
     """Names every key under one namespace (``coord`` unless configured)."""
 
+    # The names the Lua scripts use for ``global_keys()``, in its order: the scripts' key
+    # tables are generated from this (``scripts.lua_key_table``), never numbered by hand.
+    GLOBAL_KEY_NAMES = (
+        "feed",
+        "activity",
+        "names",
+        "owners",
+        "esc",
+        "agents",
+        "seen",
+        *(f"status:{s}" for s in STATUSES),
+        "stats",
+        "counters",
+        "approvals",
+    )
+
     def __init__(self, namespace: str = "coord") -> None:
         if not _NAMESPACE.match(namespace or ""):
             raise ValueError(
@@ -148,6 +164,5 @@ class Keyspace:
             *(self.status[s] for s in STATUSES),
             self.stats,
             self.counters,
-            # added last: scripts number the global keys (SINGLE_SERVER_KEYS, APPLY_INDEX)
             self.approvals,
         ]
