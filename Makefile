@@ -12,7 +12,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-run: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[postgres,agents]"
+	$(PY) -m pip install --quiet -e ".[dashboard,postgres,agents]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)

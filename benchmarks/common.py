@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from coordination.embedded_redis import EmbeddedRedis
+from coordination.devtools.embedded_redis import EmbeddedRedis
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import websockets
 
-from coordination.processes import AsgiServer
+from coordination.devtools.processes import AsgiServer
 
 from .common import Row, Stopwatch, percentile, publish_at_rate
 

@@ -4,5 +4,5 @@ The package root re-exports the coordination core (no Django needed); the Django
 modules (views, consumers, admin) live beside it and load only under Django.
 """
 
-from .core import *  # noqa: F403
-from .core import __all__  # noqa: F401
+from coordination.core import *  # noqa: F403
+from coordination.core import __all__  # noqa: F401

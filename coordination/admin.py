@@ -12,15 +12,21 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from .auth import throttle_login
-from .core import DELETE, CoordinationError, InvalidCursor, InvalidSessionId, VersionConflict
-from .core.coordinator import InvalidStoredValue
-from .core.events import encode_json
-from .core.keys import validate_session_id
-from .live import announce_audit
-from .models import AuditEntry
-from .services import coordinator, session_index
-from .session_urls import CONVERTER as SID
+from coordination.core import (
+    DELETE,
+    CoordinationError,
+    InvalidCursor,
+    InvalidSessionId,
+    VersionConflict,
+)
+from coordination.core.coordinator import InvalidStoredValue
+from coordination.core.events import encode_json
+from coordination.core.keys import validate_session_id
+from coordination.dashboard.session_urls import CONVERTER as SID
+from coordination.models import AuditEntry
+from coordination.platform.auth import throttle_login
+from coordination.platform.core_clients import coordinator, session_index
+from coordination.realtime.groups import announce_audit
 
 ADMIN_PAGE = 50
 MAX_STATE_ROWS = 1000  # Django refuses a form of over 1,000 fields before this view anyway

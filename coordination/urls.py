@@ -1,7 +1,7 @@
 from django.urls import path
 
-from . import (
-    actions,
+from coordination.dashboard import (
+    action_views,
     approval_views,
     session_urls,  # noqa: F401  (registers the "sid" converter)
     views,
@@ -10,7 +10,7 @@ from . import (
 app_name = "coordination"
 
 # Session ids may hold any character but control characters, '/' and '..' included: <sid:>
-# (coordination/session_urls.py) puts one in a single path segment that no browser rewrites,
+# (coordination/dashboard/session_urls.py) puts one in a single path segment that no browser rewrites,
 # and a distinct prefix per view keeps any id from being mistaken for a sub-page.
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -22,9 +22,9 @@ urlpatterns = [
     path("agents/", views.agents, name="agents"),
     # one event's payload or state value, whole: ?session=<id>&event=<id> or &key=<key>
     path("payload/", views.payload, name="payload"),
-    path("act-bulk/", actions.bulk, name="bulk"),
+    path("act-bulk/", action_views.bulk, name="bulk"),
     # before the generic act/<action>/: "decide" is not one of its actions
     path("act/decide/<sid:session_id>/", approval_views.decide_view, name="decide"),
-    path("act/<slug:action>/<sid:session_id>/", actions.act, name="act"),
-    path("escalations/claim-next/", actions.claim_next, name="claim_next"),
+    path("act/<slug:action>/<sid:session_id>/", action_views.act, name="act"),
+    path("escalations/claim-next/", action_views.claim_next, name="claim_next"),
 ]

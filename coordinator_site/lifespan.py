@@ -32,7 +32,7 @@ class LifespanRelay:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                from coordination import live  # imported once Django is set up
+                from coordination.realtime import relay as live  # imported once Django is set up
 
                 if getattr(settings, "COORDINATION_RELAY", True):
                     self.relay = live.Relay()
@@ -40,7 +40,7 @@ class LifespanRelay:
                     live.register_process_relay(self.relay, self.task)
                 else:
                     # no relay here, but /metrics still needs this process's websockets
-                    from coordination.telemetry import report_forever
+                    from coordination.platform.telemetry import report_forever
 
                     self.task = asyncio.create_task(report_forever(), name="coordination-report")
                     live.register_process_relay(None, self.task)
@@ -54,7 +54,7 @@ class LifespanRelay:
                     self.task.cancel()  # it makes no blocking reads, so cancelling is safe
                     with contextlib.suppress(asyncio.CancelledError):
                         await self.task
-                from coordination import live
+                from coordination.realtime import relay as live
 
                 live.unregister_process_relay(self.task)
                 await send({"type": "lifespan.shutdown.complete"})

@@ -115,14 +115,14 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "coordination.middleware.ContentSecurityPolicyMiddleware",
+    "coordination.platform.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
-    "coordination.middleware.CoordinationErrorMiddleware",
+    "coordination.platform.middleware.CoordinationErrorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -164,7 +164,7 @@ def redis_services(redis_url: str, namespace: str) -> tuple[dict, dict]:
 
     caches = {
         "default": {
-            "BACKEND": "coordination.cache.CoordinationCache",
+            "BACKEND": "coordination.platform.cache.CoordinationCache",
             "LOCATION": redis_url,
             "KEY_PREFIX": f"{namespace}:cache",
         }
@@ -188,7 +188,7 @@ def redis_services(redis_url: str, namespace: str) -> tuple[dict, dict]:
         "default": {
             # channels_redis' pub/sub layer with every message sealed with a key derived
             # from SECRET_KEY: whoever holds REDIS_URL cannot put anything on a page
-            "BACKEND": "coordination.channel_layer.AuthenticatedPubSubLayer",
+            "BACKEND": "coordination.realtime.channel_layer.AuthenticatedPubSubLayer",
             "CONFIG": {"hosts": [host], "prefix": f"{namespace}:asgi"},
         }
     }
@@ -232,8 +232,8 @@ SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 # Error pages (DEBUG's technical 500/400 included) show no Redis or database URL, password or
 # token: whole connection settings hidden, URL credentials masked everywhere else.
-DEFAULT_EXCEPTION_REPORTER_FILTER = "coordination.error_reports.SecretsFilter"
-DEFAULT_EXCEPTION_REPORTER = "coordination.error_reports.SecretsReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "coordination.platform.error_reports.SecretsFilter"
+DEFAULT_EXCEPTION_REPORTER = "coordination.platform.error_reports.SecretsReporter"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
@@ -253,11 +253,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "json": {"()": "coordination.logging.JsonFormatter"},
+        "json": {"()": "coordination.platform.json_logs.JsonFormatter"},
         "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
     },
     # tokens, Authorization values and cookies are masked whatever logged them
-    "filters": {"redact": {"()": "coordination.logging.RedactSecrets"}},
+    "filters": {"redact": {"()": "coordination.platform.json_logs.RedactSecrets"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",

@@ -2,8 +2,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from coordination import api, metrics, views
-from coordination.auth import ThrottledLoginView
+from coordination.api import v1 as api
+from coordination.dashboard import metrics, views
+from coordination.platform.auth import ThrottledLoginView
 
 urlpatterns = [
     path("login/", ThrottledLoginView.as_view(), name="login"),

@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agents import Agent, set_tracing_disabled  # noqa: E402
 
 from coordination import AgentCoordinator, AtomicOperations, EventType  # noqa: E402
+from coordination.devtools.scripted_model import ScriptedModel  # noqa: E402
 from coordination.integrations.openai_agents import run_guarded  # noqa: E402
-from coordination.integrations.scripted_model import ScriptedModel  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379")
 TARGETS = {

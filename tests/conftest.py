@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from coordination.core.connection import new_sync_client
-from coordination.embedded_redis import EmbeddedCluster, EmbeddedRedis
+from coordination.devtools.embedded_redis import EmbeddedCluster, EmbeddedRedis
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

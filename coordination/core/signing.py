@@ -22,14 +22,7 @@ import json
 import os
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-from .errors import InvalidApproval
+from .errors import CoordinationError, InvalidApproval
 
 DECISION_KEY_ENV = "COORDINATION_DECISION_KEY"
 
@@ -63,6 +56,24 @@ def decision_payload(
     ).encode("ascii")
 
 
+class SigningUnavailable(CoordinationError, ImportError):
+    """Signed decisions need the ``cryptography`` package (``pip install coordinator[signing]``)."""
+
+
+def _ed25519():
+    # Imported on first use, so an agent host that never checks decisions installs only redis
+    # and hiredis (``pip install coordinator``); the dashboard and the agents extra bring it.
+    try:
+        from cryptography import exceptions
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:
+        raise SigningUnavailable(
+            "signed decisions need the cryptography package: pip install coordinator[signing]"
+        ) from None
+    return ed25519, serialization, exceptions
+
+
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
@@ -75,7 +86,8 @@ class DecisionSigner:
     """Signs decisions (the dashboard's side)."""
 
     def __init__(self, seed: bytes) -> None:
-        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        ed25519, self._serialization, _ = _ed25519()
+        self._key = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
 
     @classmethod
     def from_secret(cls, secret: str, namespace: str) -> DecisionSigner:
@@ -88,7 +100,8 @@ class DecisionSigner:
     @property
     def public_key(self) -> str:
         """What agents are given (``COORDINATION_DECISION_KEY``): base64url, 43 characters."""
-        raw = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        raw_format = self._serialization.Encoding.Raw, self._serialization.PublicFormat.Raw
+        raw = self._key.public_key().public_bytes(*raw_format)
         return _b64(raw)
 
     def sign(self, payload: bytes) -> str:
@@ -99,9 +112,11 @@ class DecisionVerifier:
     """Checks decisions (the agents' side), with the dashboard's public key."""
 
     def __init__(self, public_key: str) -> None:
+        ed25519, _, exceptions = _ed25519()
+        self._invalid_signature = exceptions.InvalidSignature
         try:
             raw = _unb64(public_key.strip())
-            self._key = Ed25519PublicKey.from_public_bytes(raw)
+            self._key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
         except (ValueError, binascii.Error, AttributeError):
             raise InvalidApproval(
                 f"{public_key[:60]!r} is not a decision key (manage.py decision_key prints it)"
@@ -118,6 +133,6 @@ class DecisionVerifier:
             return False
         try:
             self._key.verify(_unb64(signature), payload)
-        except (InvalidSignature, ValueError, binascii.Error):
+        except (self._invalid_signature, ValueError, binascii.Error):
             return False
         return True

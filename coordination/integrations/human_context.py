@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core import AgentCoordinator, EventType
+from coordination.core import AgentCoordinator, EventType
 
 # Sessions are read oldest first in pages; this bounds the work for a very long session.
 MAX_EVENTS = 5000

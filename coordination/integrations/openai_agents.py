@@ -42,7 +42,7 @@ from agents import Agent, RunHooks, Runner
 from agents.items import ToolApprovalItem
 from agents.run_state import RunState
 
-from ..core import (
+from coordination.core import (
     AgentCoordinator,
     ApprovalExpired,
     CoordinationError,
@@ -52,7 +52,7 @@ from ..core import (
     EventType,
     SessionTakenOver,
 )
-from .openai_session import CoordinationSession
+from coordination.integrations.openai_session import CoordinationSession
 
 log = logging.getLogger(__name__)
 

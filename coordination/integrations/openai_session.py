@@ -35,7 +35,7 @@ from typing import Any
 
 from agents.memory import SessionABC
 
-from ..core import AgentCoordinator, Event, EventType
+from coordination.core import AgentCoordinator, Event, EventType
 
 MAX_TEXT = 2000
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -8,10 +8,16 @@ from datetime import UTC, datetime
 from django import template
 from django.utils.html import format_html
 
-from ..core import SessionSummary
-from ..display import clean_text, cut_chars, json_text, payload_display
-from ..session_urls import quote_segment
-from ..sla import is_over_sla, sla_deadline, sla_seconds
+from coordination.core import SessionSummary
+from coordination.dashboard.session_urls import quote_segment
+from coordination.platform.display import (
+    clean_text,
+    cut_chars,
+    humanize_age,
+    json_text,
+    payload_display,
+)
+from coordination.supervision.sla import is_over_sla, sla_deadline, sla_seconds
 
 register = template.Library()
 
@@ -27,16 +33,6 @@ def duration(seconds: float) -> str:
         f"{secs}s" if secs else "",
     ]
     return " ".join(p for p in parts if p) or "0s"
-
-
-def humanize_age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 5:
-        return "just now"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
 
 
 @register.simple_tag
@@ -82,7 +78,7 @@ def sla_badge(summary: SessionSummary) -> str:
 @register.filter
 def pretty_json(value: object) -> str:
     """Indented JSON text, cut to ``PAYLOAD_DISPLAY_BYTES``; the template escapes it like any
-    other string. Never raises, whatever an agent stored (see ``coordination.display``)."""
+    other string. Never raises, whatever an agent stored (see ``coordination.platform.display``)."""
     return payload_display(value)["body"]
 
 
@@ -109,5 +105,5 @@ def ms(timestamp: float | None) -> int:
 @register.filter
 def session_segment(session_id: str) -> str:
     """A session id as one URL path segment, for URLs ``{% url %}`` cannot build (the
-    websocket's); the same scheme as the ``sid`` converter (coordination/session_urls.py)."""
+    websocket's); the same scheme as the ``sid`` converter (coordination/dashboard/session_urls.py)."""
     return quote_segment(session_id)

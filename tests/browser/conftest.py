@@ -20,7 +20,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
-from coordination.processes import AsgiServer
+from coordination.devtools.processes import AsgiServer
 
 from ..conftest import delete_namespace
 
@@ -220,7 +220,7 @@ def page_factory(chromium):
 def start_fleet(redis_server_url, browser_namespace, agent_loop):
     """Start the demo desk (offline models) on the agent loop; it is stopped after the test
     and its sessions cleared, so they crowd no later test's queues."""
-    from coordination.demo import Fleet
+    from coordination.devtools.demo import Fleet
 
     running = []
 

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from coordination import EventType
-from coordination.demo import FleetSettings
+from coordination.devtools.demo import FleetSettings
 
 pytestmark = pytest.mark.browser
 

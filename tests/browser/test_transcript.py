@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from coordination import AgentCoordinator, EventType
-from coordination.demo import Fleet, FleetSettings
+from coordination.devtools.demo import Fleet, FleetSettings
 
 pytestmark = pytest.mark.browser
 

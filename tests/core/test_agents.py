@@ -8,9 +8,9 @@ import pytest
 from agents import Agent, set_tracing_disabled
 
 from coordination import EventType, SessionTakenOver
-from coordination.demo import Fleet, FleetSettings
+from coordination.devtools.demo import Fleet, FleetSettings
+from coordination.devtools.scripted_model import ScriptedModel
 from coordination.integrations.openai_agents import run_guarded
-from coordination.integrations.scripted_model import ScriptedModel
 
 set_tracing_disabled(True)
 

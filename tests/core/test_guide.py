@@ -89,7 +89,7 @@ async def test_every_guide_snippet_runs_and_prints_what_the_guide_implies(
 ):
     from agents import set_tracing_disabled
 
-    from coordination.integrations.scripted_model import ScriptedModel
+    from coordination.devtools.scripted_model import ScriptedModel
 
     # The guide sets a placeholder key itself. setenv first, so monkeypatch records the
     # original (usually: absent) and the guide's placeholder is undone too; a leaked key sent

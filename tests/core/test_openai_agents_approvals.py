@@ -9,6 +9,7 @@ import pytest
 from agents import Agent, Runner, function_tool, set_tracing_disabled
 
 from coordination import DecisionTimeout, Event, EventType, SessionTakenOver
+from coordination.devtools.scripted_model import ScriptedModel, ToolCall
 from coordination.integrations.openai_agents import (
     CoordinationSession,
     RunClaimedElsewhere,
@@ -16,7 +17,6 @@ from coordination.integrations.openai_agents import (
     run_guarded,
 )
 from coordination.integrations.openai_session import item_from_event
-from coordination.integrations.scripted_model import ScriptedModel, ToolCall
 
 set_tracing_disabled(True)
 

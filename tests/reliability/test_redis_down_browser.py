@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from coordination import AgentCoordinator, EventType
-from coordination.embedded_redis import EmbeddedRedis, free_port
+from coordination.devtools.embedded_redis import EmbeddedRedis, free_port
 
 from ..browser.conftest import LiveServer, login
 

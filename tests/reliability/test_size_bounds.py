@@ -17,9 +17,9 @@ from django.utils.html import escape
 from playwright.sync_api import expect
 
 from coordination import AgentCoordinator, EventType
-from coordination.consumers import BUFFER_BYTES, FRAME_BYTES, REPLAY_BYTES, SessionConsumer
-from coordination.display import PAYLOAD_DISPLAY_BYTES
-from coordination.routing import websocket_urlpatterns
+from coordination.platform.display import PAYLOAD_DISPLAY_BYTES
+from coordination.realtime.consumers import BUFFER_BYTES, FRAME_BYTES, REPLAY_BYTES, SessionConsumer
+from coordination.realtime.routing import websocket_urlpatterns
 
 from ..browser.conftest import (  # noqa: F401  (live_database: server_env needs it)
     live_database,
@@ -297,7 +297,7 @@ def test_a_client_that_never_reads_is_cut_off_not_buffered(
 
     from websockets.asyncio.client import connect
 
-    from coordination.consumers import OUTBOX_BYTES
+    from coordination.realtime.consumers import OUTBOX_BYTES
 
     core.publish(sid, EventType.MESSAGE, {"first": 1})
     cookie = _login_cookies(asgi_server.url)
@@ -386,7 +386,7 @@ def test_api_pages_of_large_events_are_bounded_in_bytes_and_continue(
     large_session,
     figures,
 ):
-    from coordination.api import API_RESPONSE_BYTES
+    from coordination.api.v1 import API_RESPONSE_BYTES
     from coordination.models import ApiToken
 
     sid, ids = large_session

@@ -11,7 +11,7 @@ import redis
 
 from coordination import AgentCoordinator, EventType, RedisUnavailable
 from coordination.core.connection import redact_url
-from coordination.embedded_redis import free_port
+from coordination.devtools.embedded_redis import free_port
 
 PASSWORD = "s3cret-pw-for-tls"
 

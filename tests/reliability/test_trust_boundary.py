@@ -28,10 +28,11 @@ from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 from playwright.sync_api import expect
 
-from coordination import AgentCoordinator, EventType, SessionIndex, live
-from coordination.channel_layer import AuthenticatedPubSubLayer
-from coordination.live import Relay, session_group
-from coordination.routing import websocket_urlpatterns
+from coordination import AgentCoordinator, EventType, SessionIndex
+from coordination.realtime import relay as live
+from coordination.realtime.channel_layer import AuthenticatedPubSubLayer
+from coordination.realtime.relay import Relay, session_group
+from coordination.realtime.routing import websocket_urlpatterns
 
 from ..browser.conftest import (  # noqa: F401
     LiveServer,
@@ -175,9 +176,9 @@ def test_forged_channel_layer_messages_change_no_page(
             await page.disconnect()
             await relay.stop(task)
 
-    with caplog.at_level(logging.WARNING, logger="coordination.channel_layer"):
+    with caplog.at_level(logging.WARNING, logger="coordination.realtime.channel_layer"):
         async_to_sync(scenario)()
-    dropped = [r for r in caplog.records if r.name == "coordination.channel_layer"]
+    dropped = [r for r in caplog.records if r.name == "coordination.realtime.channel_layer"]
     assert len(dropped) == 1  # rate-limited: one line for the whole burst
     assert "dropped a message" in dropped[0].getMessage()
     assert "pwned" not in dropped[0].getMessage()  # the attacker's bytes are not logged
@@ -299,9 +300,9 @@ def test_a_flood_of_forged_messages_leaves_relay_and_pages_working(
             await page.disconnect()
             await relay.stop(task)
 
-    with caplog.at_level(logging.WARNING, logger="coordination.channel_layer"):
+    with caplog.at_level(logging.WARNING, logger="coordination.realtime.channel_layer"):
         elapsed = async_to_sync(scenario)()
-    lines = [r for r in caplog.records if r.name == "coordination.channel_layer"]
+    lines = [r for r in caplog.records if r.name == "coordination.realtime.channel_layer"]
     assert len(lines) <= 2
     figures(
         "flood of forged channel-layer messages",
@@ -435,7 +436,7 @@ def test_a_relay_loop_that_fails_restarts_and_keeps_relaying(redis_url, namespac
             await relay.stop(task)
             await layer.group_discard(session_group(sid), channel)
 
-    with caplog.at_level(logging.ERROR, logger="coordination.live"):
+    with caplog.at_level(logging.ERROR, logger="coordination.realtime.relay"):
         async_to_sync(scenario)()
     assert any("restarting in 1 s" in r.getMessage() for r in caplog.records)
 

@@ -29,10 +29,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordination import AgentCoordinator, EventType
-from coordination.error_reports import mask_secrets
+from coordination.dashboard.session_urls import from_segment, quote_segment, to_segment
 from coordination.models import ApiToken
-from coordination.routing import websocket_urlpatterns
-from coordination.session_urls import from_segment, quote_segment, to_segment
+from coordination.platform.error_reports import mask_secrets
+from coordination.realtime.routing import websocket_urlpatterns
 from coordinator_site.settings import redis_services
 
 from ..web.conftest import coordination_settings, supervisor, viewer  # noqa: F401

@@ -16,7 +16,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Group
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from coordination.routing import websocket_urlpatterns
+from coordination.realtime.routing import websocket_urlpatterns
 
 from ..web.conftest import coordination_settings, supervisor, viewer  # noqa: F401
 

@@ -21,11 +21,11 @@ from coordination import (
     DecisionVerifier,
     EventType,
     SessionIndex,
-    approval_actions,
 )
 from coordination.core import ApprovalExpired
-from coordination.interventions import Actor
 from coordination.models import ApiToken, AuditEntry
+from coordination.supervision import approvals as approval_actions
+from coordination.supervision.interventions import Actor
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -425,7 +425,7 @@ def test_records_written_around_the_core_do_not_break_the_pages(sup_client, coor
 def test_each_decision_is_one_json_log_line(sup_client, coord, caplog):
     import logging
 
-    from coordination.logging import JsonFormatter
+    from coordination.platform.json_logs import JsonFormatter
 
     approval = ask(coord("log-1"))
     with caplog.at_level(logging.INFO, logger="coordination.audit"):
@@ -444,7 +444,7 @@ def test_each_decision_is_one_json_log_line(sup_client, coord, caplog):
 
 
 def test_a_row_past_its_expiry_says_so_before_anyone_records_it(coord):
-    from coordination.approvals_ui import approval_row
+    from coordination.dashboard.approvals import approval_row
 
     approval = ask(coord("exp-row"), expires_in=30)
     assert not approval_row(approval, now=approval.requested_at + 1)["expired_unrecorded"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coordination.embedded_redis import EmbeddedRedis
+from coordination.devtools.embedded_redis import EmbeddedRedis
 
 from ..conftest import running_serve
 
@@ -120,7 +120,7 @@ def test_serve_starts_embedded_redis_and_stops_everything_on_ctrl_c(tmp_path):
 
     import redis
 
-    from coordination.processes import free_port
+    from coordination.devtools.processes import free_port
 
     port = free_port()
     with running_serve(

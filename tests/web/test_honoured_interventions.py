@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
-from coordination.demo import Fleet, FleetSettings
+from coordination.devtools.demo import Fleet, FleetSettings
 from coordination.integrations.human_context import read_human_context
 from coordination.models import ApiToken, AuditEntry
 from tests.waiting import eventually

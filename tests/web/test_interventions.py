@@ -11,9 +11,10 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex, interventions
+from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
 from coordination.models import AuditEntry
-from coordination.routing import websocket_urlpatterns
+from coordination.realtime.routing import websocket_urlpatterns
+from coordination.supervision import interventions
 
 pytestmark = pytest.mark.django_db
 

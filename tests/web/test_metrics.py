@@ -13,9 +13,9 @@ from channels.testing import WebsocketCommunicator
 
 from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
 from coordination.core import RedisUnavailable
-from coordination.processes import free_port
-from coordination.routing import websocket_urlpatterns
-from coordination.telemetry import open_websockets, report
+from coordination.devtools.processes import free_port
+from coordination.platform.telemetry import open_websockets, report
+from coordination.realtime.routing import websocket_urlpatterns
 from coordinator_site.lifespan import LifespanRelay
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,7 @@ import asyncio
 from channels.layers import get_channel_layer
 
 from coordination import AgentCoordinator, EventType, SessionIndex
-from coordination.live import SESSIONS_GROUP, Relay, session_group
+from coordination.realtime.relay import SESSIONS_GROUP, Relay, session_group
 
 from ..waiting import eventually
 

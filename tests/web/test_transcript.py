@@ -14,9 +14,9 @@ from django.test import AsyncClient
 
 from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
 from coordination.core import Event
-from coordination.live import Relay
-from coordination.routing import websocket_urlpatterns
-from coordination.transcript import TRANSCRIPT_EVENTS, turn
+from coordination.dashboard.transcript import TRANSCRIPT_EVENTS, turn
+from coordination.realtime.relay import Relay
+from coordination.realtime.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

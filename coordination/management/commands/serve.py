@@ -18,13 +18,13 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from coordination import redis_acl
 from coordination.core import RedisUnavailable, check_connection
 from coordination.core.connection import redact_url
 from coordination.core.signing import DECISION_KEY_ENV
-from coordination.embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from coordination.processes import uvicorn_proxy_args
-from coordination.services import decision_signer
+from coordination.devtools.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from coordination.devtools.processes import uvicorn_proxy_args
+from coordination.platform import redis_acl
+from coordination.platform.core_clients import decision_signer
 
 
 class Command(BaseCommand):

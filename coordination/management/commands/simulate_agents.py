@@ -29,7 +29,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=None)
 
     def handle(self, *args, sessions, rate, duration, pace, seed, **options):
-        from coordination.demo import Fleet, FleetSettings
+        from coordination.devtools.demo import Fleet, FleetSettings
 
         try:
             asyncio.run(check_connection(settings.REDIS_URL))

@@ -1,0 +1,439 @@
+"""Websocket consumers. Both refuse anonymous users, render the pages' own partials, and
+catch up after a reconnect: the browser says which event it saw last, the consumer replays
+what came after from Redis, then forwards live events, dropping any it already sent."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.html import format_html
+
+from coordination.core import CoordinationError, EventType, InvalidCursor, RedisUnavailable
+from coordination.core.connection import UNAVAILABLE_ERRORS, redis_failures
+from coordination.core.coordinator import validate_event_id
+from coordination.core.keys import validate_session_id
+from coordination.dashboard.fragments import (
+    SUMMARY_EVENTS,
+    SessionFilters,
+    dom_id,
+    event_item,
+    header_context,
+    overview_context,
+    recent_audit,
+    render_overview_live,
+    render_session_row,
+)
+from coordination.dashboard.transcript import TRANSCRIPT_TYPES, LiveTranscript
+from coordination.platform.core_clients import coordinator, session_index
+from coordination.platform.telemetry import open_websockets
+from coordination.realtime.groups import SESSIONS_GROUP, session_group
+from coordination.realtime.relay import parse_event_id
+
+log = logging.getLogger(__name__)
+
+REPLAY_LIMIT = 5000
+BUFFER_LIMIT = 10_000
+# Bounds in bytes of rendered rows (each row's payload is already cut, see coordination.platform.display):
+# one frame, one replay, and the live rows held until the page says where to resume.
+FRAME_BYTES = 256 * 1024
+REPLAY_BYTES = 2 * 1024 * 1024
+BUFFER_BYTES = 4 * 1024 * 1024
+REPLAY_PAGE = 25  # events read per round trip while replaying (each at most the payload limit)
+OUTBOX_BYTES = 8 * 1024 * 1024  # frames waiting for one client that does not read
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_BAD_REQUEST = 4400
+MAX_FRAME_CHARS = 4096  # the pages send {"resume": "<event id>"} and nothing else
+CLOSE_TRY_AGAIN = 1013  # the htmx ws extension reconnects after 1006, 1011, 1012 and 1013
+REDIS_CHECK_SECONDS = 3.0
+REDIS_CHECK_TIMEOUT = 2.0
+
+
+def _size(item: dict) -> int:
+    """Bytes a rendered row takes in a frame (rows hold any text an agent wrote)."""
+    return len(item["html"].encode("utf-8"))
+
+
+class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
+    # What this consumer takes from the channel layer: only these types, never ``websocket.*``
+    # (those come from the ASGI server alone). The layer already drops what no dashboard
+    # process sealed; this keeps a sealed message of the wrong kind from being dispatched.
+    layer_message_types: frozenset[str] = frozenset()
+
+    @property
+    def channel_receive(self):
+        return self._layer_receive
+
+    @channel_receive.setter
+    def channel_receive(self, receive):
+        # Channels' AsyncConsumer.__call__ sets this to the layer's receive for our channel.
+        async def accepted() -> dict:
+            while True:
+                message = await receive()
+                if message.get("type") in self.layer_message_types:
+                    return message
+                log.warning(
+                    "%s ignored a channel-layer message of type %.60r",
+                    type(self).__name__,
+                    message.get("type"),
+                )
+
+        self._layer_receive = accepted
+
+    # -- the outbox: frames wait here, not in the handler, for a client that reads slowly ----
+
+    @property
+    def base_send(self):
+        return self._queue_for_client
+
+    @base_send.setter
+    def base_send(self, send):
+        # Channels' AsyncConsumer.__call__ sets this to the ASGI server's send. Awaiting that
+        # send directly would stall this consumer while its client does not read, and the
+        # channel layer would keep queueing messages for it in memory without bound.
+        self._server_send = send
+        self._outbox: collections.deque[tuple[dict, int]] = collections.deque()
+        self._outbox_bytes = 0
+        self._outbox_ready = asyncio.Event()
+        self._outbox_closed = False
+        self._writer: asyncio.Task | None = None
+
+    async def _queue_for_client(self, message: dict) -> None:
+        """Queue a message for the client and return at once. Past ``OUTBOX_BYTES`` waiting,
+        the client is not keeping up: what waits is dropped and the socket is closed with
+        1013 (the page reconnects and its replay, bounded too, catches up from Redis)."""
+        if self._outbox_closed:
+            return
+        size = 0
+        if message.get("type") == "websocket.send":
+            size = len((message.get("text") or "").encode("utf-8")) + len(
+                message.get("bytes") or b""
+            )
+            if self._outbox_bytes + size > OUTBOX_BYTES:
+                log.warning(
+                    "closing a websocket whose client does not read (%d bytes waiting)",
+                    self._outbox_bytes,
+                )
+                self._outbox.clear()
+                self._outbox_bytes, size = 0, 0
+                message = {"type": "websocket.close", "code": CLOSE_TRY_AGAIN}
+        if message.get("type") == "websocket.close":
+            self._outbox_closed = True
+        self._outbox.append((message, size))
+        self._outbox_bytes += size
+        self._outbox_ready.set()
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_outbox())
+
+    async def _write_outbox(self) -> None:
+        """Hand queued messages to the server, in order, as fast as the client takes them."""
+        while True:
+            while not self._outbox:
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+            message, size = self._outbox.popleft()
+            try:
+                await self._server_send(message)
+            except Exception as exc:  # the client is gone; its disconnect ends the consumer
+                log.debug("websocket send failed: %s", exc)
+                self._outbox.clear()
+                self._outbox_bytes = 0
+                return
+            self._outbox_bytes -= size
+            if message.get("type") == "websocket.close":
+                return
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        """A frame from the browser is untrusted: one that is binary, empty, too long, not
+        JSON (or nested past the parser) or not a JSON object is answered with an error frame
+        and otherwise ignored. Channels' own ``receive`` would raise and log a traceback."""
+        if not text_data or len(text_data) > MAX_FRAME_CHARS:
+            await self.send_json(
+                {"error": f"expected a JSON object of at most {MAX_FRAME_CHARS} characters"}
+            )
+            return
+        try:
+            content = json.loads(text_data)
+        except (ValueError, RecursionError):
+            await self.send_json({"error": "the frame is not JSON"})
+            return
+        if not isinstance(content, dict):
+            await self.send_json({"error": "expected a JSON object"})
+            return
+        await self.receive_json(content, **kwargs)
+
+    async def websocket_connect(self, message):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user = user
+        self.can_intervene = await database_sync_to_async(user.has_perm)("coordination.intervene")
+        # Live fragments hold forms too; without a request they need the token given to them.
+        self.csrf_token = self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
+        try:
+            await asyncio.wait_for(session_index().redis.ping(), REDIS_CHECK_TIMEOUT)
+            await super().websocket_connect(message)
+        except (RedisUnavailable, TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+            if not isinstance(exc, RedisUnavailable):
+                redis_failures.add()
+            log.warning("websocket refused while Redis is unavailable: %s", exc)
+            await self.close(code=CLOSE_TRY_AGAIN)
+            return
+        self._redis_watch = asyncio.create_task(self._watch_redis())
+        open_websockets.opened()
+
+    async def websocket_disconnect(self, message):
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.cancel()  # the client is gone: what it did not take is dropped
+        watch = getattr(self, "_redis_watch", None)
+        if watch is not None:
+            watch.cancel()
+            open_websockets.closed()
+        await super().websocket_disconnect(message)
+
+    async def _watch_redis(self):
+        """Close the socket when Redis stops answering: the page then shows "disconnected" and
+        keeps reconnecting; once Redis is back, the reconnect replays what was missed."""
+        client = session_index().redis
+        while True:
+            await asyncio.sleep(REDIS_CHECK_SECONDS)
+            try:
+                await asyncio.wait_for(client.ping(), REDIS_CHECK_TIMEOUT)
+            except (RedisUnavailable, TimeoutError, *UNAVAILABLE_ERRORS) as exc:
+                if not isinstance(exc, RedisUnavailable):
+                    redis_failures.add()
+                await self.close(code=CLOSE_TRY_AGAIN)
+                return
+
+
+class SessionsConsumer(LoginRequiredConsumer):
+    """The overview and the sessions list: coalesced ``sessions.changed`` notices from the relay."""
+
+    layer_message_types = frozenset({"sessions.changed"})
+
+    async def connect(self):
+        # a query string that is not UTF-8 is malformed input, not a reason to fail the socket
+        raw_query = self.scope.get("query_string", b"").decode("utf-8", "replace")
+        query = {k: v[-1] for k, v in parse_qs(raw_query).items()}
+        self.view = "list" if query.get("view") == "list" else "overview"
+        self.filters = SessionFilters.from_query(query)
+        self.first_page = query.get("first") == "1"
+        self.index = session_index()
+        await self.channel_layer.group_add(SESSIONS_GROUP, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(SESSIONS_GROUP, self.channel_name)
+
+    async def receive_json(self, content, **kwargs):
+        if isinstance(content, dict) and "resume" in content and self.view == "overview":
+            await self._send_overview()  # after a reconnect, redraw what may have changed
+
+    async def sessions_changed(self, message):
+        try:
+            if self.view == "overview":
+                await self._send_overview()
+            else:
+                await self._send_rows(message["ids"])
+        except RedisUnavailable as exc:
+            log.warning("live update skipped: %s", exc)
+
+    async def _send_overview(self):
+        context = await overview_context(self.index)
+        context.update(can_intervene=self.can_intervene, csrf_token=self.csrf_token)
+        await self.send(text_data=render_overview_live(context))
+
+    async def _send_rows(self, session_ids: list[str]):
+        summaries = await self.index.get_sessions(session_ids)
+        removed, on_top, in_place = [], [], []
+        for summary in sorted(summaries, key=lambda s: s.last_activity or 0, reverse=True):
+            row_id = dom_id(summary.session_id)
+            if not self.filters.matches(summary) or self.first_page:
+                removed.append(f'<tr id="{row_id}" hx-swap-oob="delete"></tr>')
+            if not self.filters.matches(summary):
+                continue
+            if self.first_page:  # newest activity first
+                on_top.append(render_session_row(summary, can_intervene=self.can_intervene))
+            else:
+                in_place.append(
+                    render_session_row(summary, oob="true", can_intervene=self.can_intervene)
+                )
+        # Separate messages: an HTML parser folds a <tbody> that follows a <tr> into the
+        # same table body, which would turn the prepend into a second swap of the same id.
+        if removed:
+            await self.send(text_data="".join(removed))
+        if on_top:
+            rows = "".join(on_top)
+            await self.send(
+                text_data=f'<tbody hx-swap-oob="afterbegin:#session-rows">{rows}</tbody>'
+            )
+        if in_place:
+            await self.send(text_data="".join(in_place))
+
+
+class SessionConsumer(LoginRequiredConsumer):
+    """One session's page: every event in order, once; the header and state kept current."""
+
+    layer_message_types = frozenset({"session.events", "session.audit"})
+
+    async def connect(self):
+        try:
+            self.session_id = validate_session_id(self.scope["url_route"]["kwargs"]["session_id"])
+        except CoordinationError:
+            await self.close(code=CLOSE_BAD_REQUEST)
+            return
+        self.group = session_group(self.session_id)
+        self.last_sent: tuple[int, int] | None = None
+        self.resumed = False
+        self.buffer: list[dict] = []
+        self.buffer_bytes = 0
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        if hasattr(self, "transcript"):
+            self.transcript.close()
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content, **kwargs):
+        if not isinstance(content, dict) or "resume" not in content:
+            return
+        after = content.get("resume") or "0"
+        try:
+            validate_event_id(after, "resume")
+        except InvalidCursor as exc:
+            await self.send_json({"error": str(exc)})
+            return
+        self.last_sent = parse_event_id(after)
+        items, gap = await self._replay_items()
+        if gap:
+            await self.send(text_data=self._gap_notice(items[0]["id"]))
+        await self._send_events(items, refresh=bool(items))
+        buffered, self.buffer, self.buffer_bytes, self.resumed = self.buffer, [], 0, True
+        await self._send_events(buffered, refresh=False)
+
+    async def _replay_items(self) -> tuple[list[dict], bool]:
+        """The rows the page missed after ``last_sent``, oldest first, at most ``REPLAY_BYTES``
+        of them: read newest first, a page at a time, so a replay costs what it sends, not
+        what the session holds. True as well when older missed events were left out."""
+        coord = coordinator(self.session_id)
+        items: list[dict] = []
+        budget, before = REPLAY_BYTES, None
+        while len(items) < REPLAY_LIMIT:
+            events = await coord.events(newest_first=True, limit=REPLAY_PAGE, before=before)
+            for event in events:
+                if self.last_sent is not None and parse_event_id(event.id) <= self.last_sent:
+                    return items[::-1], False
+                item = event_item(event)
+                budget -= _size(item)
+                if budget < 0 and items:
+                    return items[::-1], True
+                items.append(item)
+            if len(events) < REPLAY_PAGE:
+                break
+            before = events[-1].id
+        return items[::-1], len(items) >= REPLAY_LIMIT
+
+    def _gap_notice(self, oldest_sent: str) -> str:
+        """Placed below the replayed rows: older missed events are on the timeline page."""
+        url = reverse("coordination:timeline", args=[self.session_id]) + f"?before={oldest_sent}"
+        return format_html(
+            '<ol hx-swap-oob="afterbegin:#timeline"><li class="muted replay-gap" role="note">'
+            "More events were missed while this page was away than a live update carries. "
+            '<a href="{}">Show the older ones</a> or reload the page.</li></ol>',
+            url,
+        )
+
+    async def session_events(self, message):
+        if not self.resumed:
+            size = sum(_size(item) for item in message["events"])
+            if len(self.buffer) < BUFFER_LIMIT and self.buffer_bytes + size <= BUFFER_BYTES:
+                self.buffer.extend(message["events"])
+                self.buffer_bytes += size
+            return  # beyond the limit the replay from Redis covers it
+        await self._send_events(message["events"], refresh=True)
+
+    async def _send_events(self, items: list[dict], *, refresh: bool) -> None:
+        """Send the items (id, type, rendered row) not sent yet, newest on top, in frames of
+        at most ``FRAME_BYTES`` of rows (a single larger row goes alone)."""
+        fresh = []
+        for item in items:
+            key = parse_event_id(item["id"])
+            if self.last_sent is not None and key <= self.last_sent:
+                continue
+            self.last_sent = key
+            fresh.append(item)
+        if not fresh:
+            return
+        frames: list[list[dict]] = [[]]
+        size = 0
+        for item in fresh:  # oldest first: each frame goes on top of the one before
+            if frames[-1] and size + _size(item) > FRAME_BYTES:
+                frames.append([])
+                size = 0
+            frames[-1].append(item)
+            size += _size(item)
+        for i, frame in enumerate(frames):
+            rows = "".join(item["html"] for item in reversed(frame))
+            parts = [f'<ol hx-swap-oob="afterbegin:#timeline">{rows}</ol>']
+            if i == 0:
+                parts.append('<li id="timeline-empty" hx-swap-oob="delete"></li>')
+            await self.send(text_data="".join(parts))
+        types = {e["type"] for e in fresh}
+        if refresh and (
+            types & {t.value for t in SUMMARY_EVENTS} or EventType.STATE_CHANGED.value in types
+        ):
+            # the approvals panel only when an approval changed: a redraw would reset the
+            # <details> a supervisor opened to edit arguments (the text areas are hx-preserve)
+            header = await self._render_header(
+                approvals=bool(types & {"approval_requested", "approval_decided"})
+            )
+            if header:
+                await self.send(text_data=header)
+        if refresh and types & TRANSCRIPT_TYPES:
+            # the conversation is redrawn whole from the same partial as the page (coalesced)
+            if not hasattr(self, "transcript"):
+                self.transcript = LiveTranscript(
+                    self.session_id,
+                    lambda html: self.send(text_data=html),
+                    lambda: float("inf") if self._outbox_closed else self._outbox_bytes,
+                )
+            self.transcript.poke()
+
+    async def session_audit(self, message):
+        """A supervisor acted on this session (from any process): redraw the audit trail."""
+        context = {"oob": True, "audit": await recent_audit(self.session_id)}
+        await self.send(
+            text_data=render_to_string("coordination/session_detail.html#audit", context)
+        )
+
+    async def _render_header(self, *, approvals: bool = True) -> str:
+        summary = await session_index().get_session(self.session_id)
+        if summary is None:
+            return ""
+        context = {
+            **await header_context(self.session_id, summary),
+            "oob": True,
+            "can_intervene": self.can_intervene,
+            "me": f"human:{self.user.get_username()}",
+            "csrf_token": self.csrf_token,
+        }
+        return "".join(
+            render_to_string(f"coordination/session_detail.html#{part}", context)
+            for part in ("summary", "actions", "state-table")
+        ) + (
+            render_to_string("coordination/_approvals.html#session-approvals", context)
+            if approvals
+            else ""
+        )

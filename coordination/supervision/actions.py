@@ -1,0 +1,49 @@
+"""The supervisor's actions by the names the URLs and the API use ("take-over", "reply", ...):
+one table shared by the session page, bulk actions and the JSON API, so all three do the same
+thing with the same form fields."""
+
+from __future__ import annotations
+
+from coordination.supervision import interventions
+from coordination.supervision.interventions import Actor
+
+# The Django permission that makes a user a supervisor (viewers lack it).
+PERMISSION = "coordination.intervene"
+
+
+class UnknownAction(LookupError):
+    """No action has this name (answered as 404 by the views and the API)."""
+
+
+async def dispatch(action: str, actor: Actor, session_id: str, form) -> str:
+    """Run one intervention named as in the URLs; ``form`` is the POST data (or a dict)."""
+    match action:
+        case "take-over":
+            return await interventions.take_over(actor, session_id)
+        case "hand-back":
+            return await interventions.hand_back(
+                actor,
+                session_id,
+                form.get("to_agent", ""),
+                form.get("expected_controller"),
+                form.get("resolution"),
+            )
+        case "release":
+            return await interventions.release(actor, session_id, form.get("expected_owner"))
+        case "reassign":
+            to_agent = form.get("to_agent_typed", "").strip() or form.get("to_agent", "")
+            return await interventions.reassign(
+                actor, session_id, to_agent, form.get("expected_owner"), _ticked(form.get("force"))
+            )
+        case "reply":
+            return await interventions.reply(actor, session_id, form.get("text", ""))
+        case "note":
+            return await interventions.add_note(actor, session_id, form.get("text", ""))
+        case "close":
+            return await interventions.close(actor, session_id)
+    raise UnknownAction(f"unknown action {action[:40]!r}")
+
+
+def _ticked(value: object) -> bool:
+    """A checkbox (``"on"``) or the API's boolean."""
+    return value is True or str(value or "").strip().lower() in {"on", "1", "true", "yes"}
