@@ -14,7 +14,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .calls import fast_pool, run_script
-from .connection import UNAVAILABLE_ERRORS, is_cluster, resolve_url, shared_client, unavailable
+from .connection import (
+    UNAVAILABLE_ERRORS,
+    is_cluster,
+    is_unavailable_reply,
+    resolve_url,
+    shared_client,
+    unavailable,
+)
 from .errors import CoordinationError, CorruptStoredValue
 from .events import DEFAULT_MAX_PAYLOAD_BYTES
 from .keys import Keyspace, validate_session_id
@@ -97,21 +104,26 @@ class RedisBacked:
 
     async def _run(self, script: SessionScript, session_id: str, *args: Any) -> Any:
         client = self.redis
-        cluster = is_cluster(client)
+        pool = fast_pool(client)  # one server, the hot path (checked first: is_cluster is slow)
+        cluster = pool is None and is_cluster(client)
         keys = self._script_keys(session_id, cluster)
         try:
+            if pool is not None:
+                return await run_script(pool, script, keys, self._script_args(session_id, *args))
             if not cluster:
-                pool = fast_pool(client)
-                if pool is not None:
-                    return await run_script(
-                        pool, script, keys, self._script_args(session_id, *args)
-                    )
                 return await script(client, keys, self._script_args(session_id, *args))
             result, ops = await script.cluster(client, keys, self._script_args(session_id, *args))
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(client, exc) from None
         except ResponseError as exc:
+            if is_unavailable_reply(exc):
+                raise unavailable(client, exc) from None
             raise CoordinationError(f"Redis refused the {script.name} script: {exc}") from exc
+        except AttributeError as exc:
+            if not cluster:
+                raise
+            # redis-py's cluster client, left without nodes, fails on None (issue 17)
+            raise unavailable(client, exc) from None
         if ops:
             await self._apply_index(client, session_id, ops)
         return result
@@ -154,7 +166,14 @@ class RedisBacked:
             return await awaitable
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(self.redis, exc) from None
+        except AttributeError as exc:
+            if not is_cluster(self.redis):
+                raise
+            # redis-py's cluster client, left without nodes, fails on None (issue 17)
+            raise unavailable(self.redis, exc) from None
         except ResponseError as exc:
+            if is_unavailable_reply(exc):
+                raise unavailable(self.redis, exc) from None
             message = str(exc)
             # Anyone holding REDIS_URL can SET a key the core keeps as a hash or sorted set.
             # redis-py drops the server's words from a pipeline's error, so one there is

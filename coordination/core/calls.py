@@ -25,10 +25,12 @@ import hiredis
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import NoScriptError, ResponseError
 
-from .connection import _Watched
+from .connection import FastConnection, FastSSLConnection
 from .scripts import LIBRARY, SessionScript
 
 # Per pool: "fcall" once the library answered, "evalsha" when functions are not available.
+_FAST_CLASSES = (FastConnection, FastSSLConnection)
+
 _modes: weakref.WeakKeyDictionary[ConnectionPool, str] = weakref.WeakKeyDictionary()
 
 
@@ -36,7 +38,7 @@ def fast_pool(client) -> ConnectionPool | None:
     """The client's pool if the hot path may use it: a plain pool of watched connections
     (clients made by ``connection.new_client`` for one server), else None."""
     pool = getattr(client, "connection_pool", None)
-    if type(pool) is ConnectionPool and issubclass(pool.connection_class, _Watched):
+    if type(pool) is ConnectionPool and pool.connection_class in _FAST_CLASSES:
         return pool
     return None
 
@@ -71,6 +73,11 @@ async def execute(pool: ConnectionPool, packed: bytes):
     finally:
         pool._in_use_connections.discard(connection)
         pool._available_connections.append(connection)
+
+
+async def command(pool: ConnectionPool, *args):
+    """One plain command on the hot path (a read such as ``get_state``'s HGET)."""
+    return await execute(pool, hiredis.pack_command(args))
 
 
 async def run_script(pool: ConnectionPool, script: SessionScript, keys: list, args: list):

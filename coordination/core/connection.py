@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 import redis.asyncio.cluster
 import redis.asyncio.sentinel  # noqa: F401 (aioredis.sentinel)
 from redis.asyncio.connection import Connection, SSLConnection
+from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import RedisUnavailable
@@ -25,8 +25,24 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 CONNECT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 10.0
 
-# Errors that mean "Redis is not answering", as opposed to a command being refused.
-UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Errors that mean "Redis is not answering", as opposed to a command being refused. A Redis
+# Cluster that lost a node or is failing over says so with its own errors (issue 17).
+UNAVAILABLE_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    RedisClusterException,
+    ClusterDownError,
+    TryAgainError,
+)
+
+
+def is_unavailable_reply(exc: BaseException) -> bool:
+    """A refusal that means the server cannot serve now (a blocked read ended by a failover:
+    ``UNBLOCKED``; a replica or a loading server), not that the command was wrong."""
+    message = str(exc)
+    return message.startswith(("UNBLOCKED", "LOADING", "MASTERDOWN", "READONLY"))
+
 
 _client_urls: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 

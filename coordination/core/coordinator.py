@@ -11,6 +11,7 @@ from typing import Any
 
 from .approvals import ApprovalsMixin
 from .base import DEFAULT_CLAIM_TTL, RedisBacked
+from .calls import command, fast_pool
 from .errors import (
     CorruptStoredValue,
     InvalidCursor,
@@ -30,6 +31,7 @@ from .events import (
     encode_json,
     encode_payload,
     event_from_fields,
+    event_from_flat,
 )
 from .keys import validate_agent_id, validate_queue, validate_session_id
 from .scripts import (
@@ -214,6 +216,8 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
             raise ValueError("timeout must be zero or more seconds")
         cursor = await self._resolve_since(since)
         client = self.redis
+        pool = fast_pool(client)
+        key = self._keys.events
         loop_clock = time.monotonic
         last_event_at = loop_clock()
         while True:
@@ -224,14 +228,34 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
                 if remaining <= 0:
                     return
                 block_ms = max(1, int(min(remaining, MAX_BLOCK_SECONDS) * 1000))
-            reply = await self.call_blocking(
-                client.xread({self._keys.events: cursor}, count=SUBSCRIBE_BATCH, block=block_ms)
-            )
+            if pool is not None:  # the hot path: no per-command wrapper, entries decoded flat
+                reply = await self.call_blocking(
+                    command(
+                        pool,
+                        "XREAD",
+                        "COUNT",
+                        SUBSCRIBE_BATCH,
+                        "BLOCK",
+                        block_ms,
+                        "STREAMS",
+                        key,
+                        cursor,
+                    )
+                )
+                decode = event_from_flat
+            else:
+                reply = await self.call_blocking(
+                    client.xread({key: cursor}, count=SUBSCRIBE_BATCH, block=block_ms)
+                )
+                decode = event_from_fields
             if not reply:
                 continue
-            for entry_id, fields in reply[0][1]:
+            entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+            if entries and isinstance(entries[0], list) and len(entries[0]) == 1:
+                entries = entries[0]  # RESP3 (protocol=3 in the URL) nests once more
+            for entry_id, fields in entries:
                 cursor = entry_id
-                event = event_from_fields(self.session_id, entry_id, fields)
+                event = decode(self.session_id, entry_id, fields)
                 if wanted is not None and event.type not in wanted:
                     continue
                 last_event_at = loop_clock()
@@ -300,7 +324,12 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         return {pairs[i]: int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
     async def get_state(self, key: str, default: Any = None) -> Any:
-        raw = await self.call(self.redis.hget(self._keys.state, key))
+        client = self.redis
+        pool = fast_pool(client)
+        if pool is not None:
+            raw = await self.call(command(pool, "HGET", self._keys.state, key))
+        else:
+            raw = await self.call(client.hget(self._keys.state, key))
         return default if raw is None else self._state_value(key, raw)
 
     async def get_all_state(self) -> dict[str, Any]:

@@ -165,6 +165,31 @@ def event_from_fields(session_id: str, entry_id: str, fields: dict[str, str]) ->
     )
 
 
+_TYPES = {t.value: t for t in EventType}
+
+
+def event_from_flat(session_id: str, entry_id: str, flat: list) -> Event:
+    """``event_from_fields`` for an entry as Redis sends it (``[field, value, ...]``). The
+    shape the core writes (``t``, ``d``, then ``src`` or ``op``) holding a known type and a
+    JSON object is decoded without building a dict (reading a backlog is mostly this, issue
+    18); anything else takes ``event_from_fields``, which keeps what it cannot read."""
+    n = len(flat)
+    if n >= 4 and flat[0] == "t" and flat[2] == "d" and (n == 4 or flat[4] in ("src", "op")):
+        etype = _TYPES.get(flat[1])
+        raw = flat[3]
+        if etype is not None and isinstance(raw, str) and len(raw) <= MAX_STORED_PAYLOAD_CHARS:
+            try:
+                data = json.loads(raw)
+            except (ValueError, RecursionError):
+                data = None
+            if type(data) is dict:
+                source = flat[5] if n >= 6 and flat[4] == "src" else None
+                return Event(
+                    entry_id, etype, data, session_id, _timestamp(entry_id), source or None
+                )
+    return event_from_fields(session_id, entry_id, dict(zip(flat[::2], flat[1::2], strict=False)))
+
+
 def is_stream_id(value: object) -> bool:
     """Whether ``value`` is a full stream entry id (``<ms>-<seq>``)."""
     return isinstance(value, str) and bool(_STREAM_ID.match(value))

@@ -119,19 +119,22 @@ local function next_status(current, wanted)
   return wanted
 end
 
-local function set_owner(new_owner)
-  local old = meta('owner')
+-- ``old``: the owner as the caller already read it from meta (else it is read here).
+local function set_owner(new_owner, old)
+  if old == nil then old = meta('owner') end
   if old == new_owner then return end
   if old ~= '' then idx('ZREM', 'owners', old .. '\0' .. SID) end
   if new_owner ~= '' then idx('ZADD', 'owners', 0, new_owner .. '\0' .. SID) end
   redis.call('HSET', K_META, 'owner', new_owner)
 end
 
-local function grant_claim(agent, ttl)
-  local token = redis.call('HINCRBY', K_META, 'fence', 1)
-  redis.call('HSET', K_CLAIM, 'agent', agent, 'token', token, 'expires', now() + ttl)
+-- ``token`` and ``at_ms`` when the caller has them (CLAIM: the fence it took before writing
+-- its event, and the event's time, which spares asking the server's clock).
+local function grant_claim(agent, ttl, old_owner, token, at_ms)
+  token = token or redis.call('HINCRBY', K_META, 'fence', 1)
+  redis.call('HSET', K_CLAIM, 'agent', agent, 'token', token, 'expires', (at_ms or now()) + ttl)
   redis.call('PEXPIRE', K_CLAIM, ttl)
-  set_owner(agent)
+  set_owner(agent, old_owner)
   return token
 end
 
@@ -336,9 +339,9 @@ return {1, emit(etype, ARGV[6], ARGV[7], new_status, status, m[3] or false)}
 
 # ARGV[5] agent, [6] ttl ms
 CLAIM = r"""
-local controller = meta('controller')
-local status = meta('status')
 local holder = redis.call('HGET', K_CLAIM, 'agent')
+local m = redis.call('HMGET', K_META, 'controller', 'status', 'owner', 'ttl_ms')
+local controller, status = m[1] or '', m[2] or ''
 if controller ~= '' or status == 'closed' or holder then
   count('claims:lost')
   if controller ~= '' then return {0, 'human', controller} end
@@ -347,9 +350,11 @@ if controller ~= '' or status == 'closed' or holder then
 end
 count('claims:won')
 local ttl = tonumber(ARGV[6])
-local token = grant_claim(ARGV[5], ttl)
+local token = redis.call('HINCRBY', K_META, 'fence', 1)
 local data = '{"agent_id":' .. jstr(ARGV[5]) .. ',"token":' .. token .. ',"ttl_ms":' .. ttl .. '}'
-return {1, emit('handoff_claimed', data, ARGV[5], next_status(status, 'active')), token}
+local id = emit('handoff_claimed', data, ARGV[5], next_status(status, 'active'), status, m[4] or false)
+grant_claim(ARGV[5], ttl, m[3] or '', token, tonumber(string.match(id, '^(%d+)')))
+return {1, id, token}
 """
 
 # ARGV[5] agent id ('' = forced), [6] ttl ms
@@ -373,18 +378,21 @@ return {1, token, now() + ttl}
 
 # ARGV[5] owner required ('' = forced), [6] by
 RELEASE = r"""
-local holder = redis.call('HGET', K_CLAIM, 'agent')
+local claim = redis.call('HMGET', K_CLAIM, 'agent', 'token')
+local holder = claim[1]
 if not holder then return {0, 'not_claimed', ''} end
 if ARGV[5] ~= '' and holder ~= ARGV[5] then return {0, 'not_owner', holder} end
-local token = redis.call('HGET', K_CLAIM, 'token')
+local token = claim[2]
 redis.call('DEL', K_CLAIM)
-set_owner('')
+local m = redis.call('HMGET', K_META, 'owner', 'status', 'ttl_ms')
+set_owner('', m[1] or '')
 local forced = 'false'
 if ARGV[5] == '' then forced = 'true' end
 local data = '{"agent_id":' .. jstr(holder) .. ',"token":' .. token .. ',"forced":' .. forced .. ',"by":' .. jstr(ARGV[6]) .. '}'
 local source = ARGV[6]
 if source == '' then source = holder end
-return {1, emit('handoff_released', data, source, next_status(meta('status'), 'waiting')), holder}
+local status = m[2] or ''
+return {1, emit('handoff_released', data, source, next_status(status, 'waiting'), status, m[3] or false), holder}
 """
 
 # ARGV[5] to agent, [6] ttl ms, [7] by, [8] '1'..expected owner or '0'
@@ -493,14 +501,14 @@ for i = 0, n - 1 do
     local version = redis.call('HINCRBY', K_VERSIONS, key, 1)
     local data = '{"key":' .. cjson.encode(key) .. ',"old":' .. (old or 'null') .. ',"new":' .. new .. ',"version":' .. version .. tail .. ',"by":' .. jstr(ARGV[5]) .. '}'
     emit('state_changed', data, ARGV[5], nil)
-    if redis.call('PTTL', K_STATE) == -1 then
-      -- a state hash created between two expiry refreshes must not outlive its session
-      redis.call('PEXPIRE', K_STATE, RETENTION)
-      redis.call('PEXPIRE', K_VERSIONS, RETENTION)
-    end
     table.insert(result, key)
     table.insert(result, version)
   end
+end
+if #result > 1 and redis.call('PTTL', K_STATE) == -1 then
+  -- a state hash created between two expiry refreshes must not outlive its session
+  redis.call('PEXPIRE', K_STATE, RETENTION)
+  redis.call('PEXPIRE', K_VERSIONS, RETENTION)
 end
 return result
 """
