@@ -125,6 +125,8 @@ MIDDLEWARE = [
     "coordination.platform.middleware.CoordinationErrorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # request.htmx for the views that answer htmx with a fragment and a full page otherwise
+    "django_htmx.middleware.HtmxMiddleware",
 ]
 
 ROOT_URLCONF = "coordinator_site.urls"

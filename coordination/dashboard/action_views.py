@@ -14,6 +14,8 @@ from django.http import (
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
+from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseClientRedirect
 
 from coordination.core import InvalidSessionId
 from coordination.core.keys import validate_session_id
@@ -42,6 +44,7 @@ def _forbidden(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@vary_on_headers("HX-Request")  # a fragment for htmx, a redirect otherwise
 async def act(request: HttpRequest, action: str, session_id: str) -> HttpResponse:
     actor = await _actor_or_none(request)
     if actor is None:
@@ -52,7 +55,7 @@ async def act(request: HttpRequest, action: str, session_id: str) -> HttpRespons
         raise Http404(str(exc)) from None
     except InterventionRefused as exc:
         message, ok = str(exc), False
-    if request.headers.get("HX-Request") != "true":
+    if not request.htmx:
         (messages.success if ok else messages.error)(request, message)
         return redirect(reverse("coordination:session", args=[session_id]))
     context = await live_header_context(session_id, actor.user, can_intervene=True)
@@ -63,6 +66,7 @@ async def act(request: HttpRequest, action: str, session_id: str) -> HttpRespons
 
 
 @require_POST
+@vary_on_headers("HX-Request")  # a client-side redirect for htmx, a 302 otherwise
 async def claim_next(request: HttpRequest) -> HttpResponse:
     actor = await _actor_or_none(request)
     if actor is None:
@@ -74,10 +78,8 @@ async def claim_next(request: HttpRequest) -> HttpResponse:
     else:
         messages.success(request, message)
         target = reverse("coordination:session", args=[session_id])
-    if request.headers.get("HX-Request") == "true":
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = target
-        return response
+    if request.htmx:
+        return HttpResponseClientRedirect(target)
     return redirect(target)
 
 
@@ -103,6 +105,7 @@ def _bulk_form(request: HttpRequest, session_id: str) -> dict[str, str | None]:
 
 
 @require_POST
+@vary_on_headers("HX-Request")  # the results fragment for htmx, a page otherwise
 async def bulk(request: HttpRequest) -> HttpResponse:
     """Act on the sessions ticked on the sessions list, each in its own race-safe, audited step."""
     actor = await _actor_or_none(request)
@@ -133,7 +136,7 @@ async def bulk(request: HttpRequest) -> HttpResponse:
         "bulk_action": BULK_ACTIONS.get(action, action),
         "bulk_done": sum(r["ok"] for r in results),
     }
-    if request.headers.get("HX-Request") == "true":
+    if request.htmx:
         # htmx swaps only 2xx answers; the error is shown in the results area
         return render(request, "coordination/sessions.html#bulk-results", context)
     context["nav"] = "sessions"

@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from coordination.core import InvalidSessionId
 from coordination.core.keys import validate_session_id
@@ -23,6 +24,7 @@ from coordination.supervision.interventions import InterventionRefused
 
 
 @require_POST
+@vary_on_headers("HX-Request")  # a fragment for htmx, a redirect or page otherwise
 async def decide_view(request: HttpRequest, session_id: str) -> HttpResponse:
     """POST /act/decide/<session>/: approve, reject or approve with edited arguments."""
     actor = await _actor_or_none(request)
@@ -33,7 +35,7 @@ async def decide_view(request: HttpRequest, session_id: str) -> HttpResponse:
     except InvalidSessionId as exc:
         return HttpResponseBadRequest(f"Bad session id: {exc}", content_type="text/plain")
     form = DecisionForm(request.POST)
-    htmx = request.headers.get("HX-Request") == "true"
+    htmx = bool(request.htmx)
     if not form.is_valid():
         message, ok = "Nothing was decided: see the form's errors.", False
         if not htmx:

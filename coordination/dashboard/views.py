@@ -14,6 +14,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from coordination.core import InvalidCursor, InvalidSessionId, RedisUnavailable, redact_url
 from coordination.core.connection import UNAVAILABLE_ERRORS
@@ -34,10 +35,6 @@ from coordination.dashboard.fragments import (
 from coordination.platform.core_clients import coordinator, session_index
 from coordination.platform.display import cut_bytes, json_text, short_text
 from coordination.realtime.relay import relay_health
-
-
-def _is_htmx(request: HttpRequest) -> bool:
-    return request.headers.get("HX-Request") == "true"
 
 
 async def _can_intervene(request: HttpRequest) -> bool:
@@ -132,6 +129,7 @@ async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
 
 
 @require_GET
+@vary_on_headers("HX-Request")  # a fragment for htmx, a page otherwise: caches must keep both
 async def timeline(request: HttpRequest, session_id: str) -> HttpResponse:
     """Older events of a session, newest first (the timeline's infinite scroll)."""
     summary = await _summary_or_404(session_id)
@@ -149,13 +147,14 @@ async def timeline(request: HttpRequest, session_id: str) -> HttpResponse:
     }
     template = (
         "coordination/session_detail.html#timeline-page"
-        if _is_htmx(request)
+        if request.htmx
         else "coordination/timeline.html"
     )
     return render(request, template, context)
 
 
 @require_GET
+@vary_on_headers("HX-Request")  # a fragment for htmx, a page otherwise: caches must keep both
 async def agents(request: HttpRequest) -> HttpResponse:
     presence = await session_index().agents(limit=500)
     context = {
@@ -164,7 +163,7 @@ async def agents(request: HttpRequest) -> HttpResponse:
         "stale_after": int(settings.COORDINATION_AGENT_STALE_AFTER),
     }
     template = (
-        "coordination/agents.html#agents-table" if _is_htmx(request) else "coordination/agents.html"
+        "coordination/agents.html#agents-table" if request.htmx else "coordination/agents.html"
     )
     return render(request, template, context)
 
