@@ -15,7 +15,6 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.html import format_html
 
 from coordination.core import CoordinationError, EventType, InvalidCursor, RedisUnavailable
 from coordination.core.connection import UNAVAILABLE_ERRORS, redis_failures
@@ -34,11 +33,12 @@ from coordination.dashboard.fragments import (
 )
 from coordination.dashboard.transcript import TRANSCRIPT_TYPES, LiveTranscript
 from coordination.platform.core_clients import coordinator, session_index
-from coordination.platform.telemetry import open_websockets
+from coordination.platform.telemetry import count_slow_client_cutoff, open_websockets
 from coordination.realtime.groups import SESSIONS_GROUP, session_group
 from coordination.realtime.relay import parse_event_id
 
 log = logging.getLogger(__name__)
+_background: set[asyncio.Task] = set()
 
 REPLAY_LIMIT = 5000
 BUFFER_LIMIT = 10_000
@@ -55,6 +55,8 @@ MAX_FRAME_CHARS = 4096  # the pages send {"resume": "<event id>"} and nothing el
 CLOSE_TRY_AGAIN = 1013  # the htmx ws extension reconnects after 1006, 1011, 1012 and 1013
 REDIS_CHECK_SECONDS = 3.0
 REDIS_CHECK_TIMEOUT = 2.0
+# The wrappers around pushed rows: named partials, like the rows themselves.
+PUSH = "coordination/_live_push.html#"
 
 
 def _size(item: dict) -> int:
@@ -125,6 +127,10 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
                 self._outbox.clear()
                 self._outbox_bytes, size = 0, 0
                 message = {"type": "websocket.close", "code": CLOSE_TRY_AGAIN}
+                # counted in /metrics; kept by the task set so it is not collected mid-flight
+                counting = asyncio.create_task(count_slow_client_cutoff(session_index()))
+                _background.add(counting)
+                counting.add_done_callback(_background.discard)
         if message.get("type") == "websocket.close":
             self._outbox_closed = True
         self._outbox.append((message, size))
@@ -259,7 +265,7 @@ class SessionsConsumer(LoginRequiredConsumer):
         for summary in sorted(summaries, key=lambda s: s.last_activity or 0, reverse=True):
             row_id = dom_id(summary.session_id)
             if not self.filters.matches(summary) or self.first_page:
-                removed.append(f'<tr id="{row_id}" hx-swap-oob="delete"></tr>')
+                removed.append(render_to_string(PUSH + "row-removed", {"row_id": row_id}))
             if not self.filters.matches(summary):
                 continue
             if self.first_page:  # newest activity first
@@ -274,9 +280,7 @@ class SessionsConsumer(LoginRequiredConsumer):
             await self.send(text_data="".join(removed))
         if on_top:
             rows = "".join(on_top)
-            await self.send(
-                text_data=f'<tbody hx-swap-oob="afterbegin:#session-rows">{rows}</tbody>'
-            )
+            await self.send(text_data=render_to_string(PUSH + "rows-on-top", {"rows": rows}))
         if in_place:
             await self.send(text_data="".join(in_place))
 
@@ -348,12 +352,7 @@ class SessionConsumer(LoginRequiredConsumer):
     def _gap_notice(self, oldest_sent: str) -> str:
         """Placed below the replayed rows: older missed events are on the timeline page."""
         url = reverse("coordination:timeline", args=[self.session_id]) + f"?before={oldest_sent}"
-        return format_html(
-            '<ol hx-swap-oob="afterbegin:#timeline"><li class="muted replay-gap" role="note">'
-            "More events were missed while this page was away than a live update carries. "
-            '<a href="{}">Show the older ones</a> or reload the page.</li></ol>',
-            url,
-        )
+        return render_to_string(PUSH + "replay-gap", {"url": url})
 
     async def session_events(self, message):
         if not self.resumed:
@@ -386,10 +385,8 @@ class SessionConsumer(LoginRequiredConsumer):
             size += _size(item)
         for i, frame in enumerate(frames):
             rows = "".join(item["html"] for item in reversed(frame))
-            parts = [f'<ol hx-swap-oob="afterbegin:#timeline">{rows}</ol>']
-            if i == 0:
-                parts.append('<li id="timeline-empty" hx-swap-oob="delete"></li>')
-            await self.send(text_data="".join(parts))
+            context = {"rows": rows, "first": i == 0}
+            await self.send(text_data=render_to_string(PUSH + "timeline-frame", context))
         types = {e["type"] for e in fresh}
         if refresh and (
             types & {t.value for t in SUMMARY_EVENTS} or EventType.STATE_CHANGED.value in types
