@@ -1,6 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_not_required
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from coordination.api import v1 as api
 from coordination.dashboard import metrics, views
@@ -10,6 +13,12 @@ urlpatterns = [
     path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
+    # browsers ask for /favicon.ico on pages without <link rel=icon> (JSON, the admin's)
+    path(
+        "favicon.ico",
+        login_not_required(RedirectView.as_view(url=static("coordination/favicon.svg"))),
+        name="favicon",
+    ),
     path("metrics", metrics.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls()),
