@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -40,6 +41,21 @@ from coordination.realtime.relay import relay_health
 async def _can_intervene(request: HttpRequest) -> bool:
     user = await request.auser()
     return await sync_to_async(user.has_perm)("coordination.intervene")
+
+
+def styled_404(view):
+    """Answer a view's ``Http404`` with our own 404 page, in every mode: with ``DEBUG`` on,
+    Django would show its technical page (and its inline styles break our CSP) for a session
+    that merely expired."""
+
+    @functools.wraps(view)
+    async def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            return await view(request, *args, **kwargs)
+        except Http404 as exc:
+            return render(request, "404.html", {"exception": str(exc)}, status=404)
+
+    return wrapper
 
 
 @require_GET
@@ -96,6 +112,7 @@ async def save_filter(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@styled_404
 async def delete_filter(request: HttpRequest, pk: int) -> HttpResponse:
     if not await saved_filters.delete_filter(await request.auser(), pk):
         raise Http404("No such saved filter of yours.")
@@ -115,6 +132,7 @@ async def _summary_or_404(session_id: str):
 
 
 @require_GET
+@styled_404
 async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
     summary = await _summary_or_404(session_id)
     context = await session_detail_context(session_id, summary)
@@ -130,6 +148,7 @@ async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
 
 @require_GET
 @vary_on_headers("HX-Request")  # a fragment for htmx, a page otherwise: caches must keep both
+@styled_404
 async def timeline(request: HttpRequest, session_id: str) -> HttpResponse:
     """Older events of a session, newest first (the timeline's infinite scroll)."""
     summary = await _summary_or_404(session_id)
@@ -169,6 +188,7 @@ async def agents(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+@styled_404
 async def payload(request: HttpRequest) -> HttpResponse:
     """One event's payload (``?session=&event=``) or one state value (``?session=&key=``),
     whole: the timeline and the state table cut large values and link here. Escaped like any
