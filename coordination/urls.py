@@ -20,6 +20,7 @@ urlpatterns = [
     path("sessions/<sid:session_id>/", views.session_detail, name="session"),
     path("timeline/<sid:session_id>/", views.timeline, name="timeline"),
     path("agents/", views.agents, name="agents"),
+    path("trends/", views.trends_page, name="trends"),
     # one event's payload or state value, whole: ?session=<id>&event=<id> or &key=<key>
     path("payload/", views.payload, name="payload"),
     path("act-bulk/", action_views.bulk, name="bulk"),

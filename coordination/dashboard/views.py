@@ -21,7 +21,7 @@ from coordination.core import InvalidCursor, InvalidSessionId, RedisUnavailable,
 from coordination.core.connection import UNAVAILABLE_ERRORS
 from coordination.core.events import decode_stored_json, event_from_fields, is_stream_id
 from coordination.core.keys import validate_session_id
-from coordination.dashboard import saved_filters
+from coordination.dashboard import saved_filters, trends
 from coordination.dashboard.action_views import BULK_ACTIONS
 from coordination.dashboard.fragments import (
     SESSIONS_PAGE,
@@ -95,6 +95,19 @@ async def sessions(request: HttpRequest) -> HttpResponse:
         "saved_filters": await saved_filters.user_filters(await request.auser()),
     }
     return render(request, "coordination/sessions.html", context)
+
+
+@require_GET
+@never_cache
+@vary_on_headers("HX-Request")  # a fragment for htmx, a page otherwise
+async def trends_page(request: HttpRequest) -> HttpResponse:
+    """/trends/: the relay's rollups drawn as SVG; htmx refreshes get the body alone."""
+    context = await trends.trends_context(session_index())
+    context["nav"] = "trends"
+    template = "coordination/trends.html"
+    if request.htmx:
+        template += "#trends-body"
+    return render(request, template, context)
 
 
 @require_POST

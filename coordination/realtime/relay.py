@@ -35,6 +35,7 @@ from coordination.core.connection import UNAVAILABLE_ERRORS
 from coordination.core.events import event_from_fields
 from coordination.core.keys import validate_session_id
 from coordination.core.scripts import Script
+from coordination.dashboard import trends
 from coordination.dashboard.fragments import event_item
 from coordination.platform.telemetry import report, worker_name
 from coordination.realtime.channel_layer import RateLimitedWarning
@@ -53,6 +54,7 @@ MAX_FIELD_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_CHARS = 1024 * 1024  # one channel-layer message; a batch is split beyond it
 MAX_BACKOFF = 30.0  # seconds between restarts of a relay loop that keeps failing
 POISON_STRIKES = 3  # failures at the same cursor before the entry after it is skipped
+TRENDS_SCAN_EVERY = 15.0  # seconds between looks for escalations gone past their SLA
 
 ACQUIRE_OR_RENEW = Script(
     "relay_lease",
@@ -91,6 +93,7 @@ def lease_key(namespace: str) -> str:
 
 # an agent can write junk entries as fast as Redis takes them: one line per 10 s, then a count
 _warn_skipped = RateLimitedWarning(log, "relay: feed entry %s skipped: %s")
+_warn_trends = RateLimitedWarning(log, "relay: trends not counted: %s: %s")
 _warn_malformed = RateLimitedWarning(
     log, "relay: event %s of feed entry %s cannot be rendered (%s); shown as malformed"
 )
@@ -375,6 +378,19 @@ class Relay:
         except Exception:  # this message cannot be sent; the others still can
             log.exception("relay %s could not send a %s message", self.worker_id, message["type"])
 
+    async def _count_trends(self, entries: list[tuple[str, dict]], *, scan: bool = False) -> None:
+        """Feeds /trends/ (``dashboard.trends``). Statistics never stop relaying: a failure
+        other than Redis going away is logged and the batch goes uncounted."""
+        try:
+            if scan:
+                await trends.scan_breaches(self.index)
+            else:
+                await trends.record_entries(self.index, entries)
+        except (RedisUnavailable, *UNAVAILABLE_ERRORS):
+            raise
+        except Exception as exc:
+            _warn_trends(type(exc).__name__, exc)
+
     async def _lead(self, layer) -> None:
         raw = await self.index.call(
             self.index.redis.execute_command("GET", self.cursor_key, **{NEVER_DECODE: True})
@@ -407,7 +423,7 @@ class Relay:
             self._strikes = 0
         renew_every = self.lease_ttl_ms / 3000
         self.reading.set()
-        last_renew = last_flush = last_prune = time.monotonic()
+        last_renew = last_flush = last_prune = last_trends_scan = time.monotonic()
         changed: set[str] = set()
         while not self._stopping.is_set():
             self.beat_at = time.monotonic()
@@ -429,6 +445,9 @@ class Relay:
                     )
                 changed.add(session_id)
             if entries:
+                # counted before the cursor moves; the trends' own mark skips a batch counted
+                # already (read again after a crash between the two)
+                await self._count_trends(entries)
                 cursor = entries[-1][0]
                 self.relayed += len(entries)
                 if not await self._commit(cursor):
@@ -447,6 +466,9 @@ class Relay:
                     return
                 await report(self.index, self.worker_id)
                 last_renew = now
+            if now - last_trends_scan >= TRENDS_SCAN_EVERY:
+                last_trends_scan = now
+                await self._count_trends([], scan=True)
             if now - last_prune >= self.prune_every:
                 # one process (the active relay) drops the index entries of expired sessions
                 last_prune = now
