@@ -31,6 +31,7 @@ from coordination.platform.display import (
     payload_query,
     short_text,
 )
+from coordination.supervision.escalations import OVERVIEW_QUEUE, queue_rows
 from coordination.supervision.pickup import overview_pickup_context, pickup_sla
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,9 @@ async def overview_context(index: SessionIndex) -> dict[str, Any]:
     problems: list[str] = []
     counts, queue, queue_total, agents, per_minute, approvals, pickup = await asyncio.gather(
         tolerant(problems, "sessions by status", index.counts_by_status(), {}),
-        tolerant(problems, "the escalation queue", index.escalation_queue(limit=20), []),
+        tolerant(
+            problems, "the escalation queue", index.escalation_queue(limit=OVERVIEW_QUEUE), []
+        ),
         tolerant(problems, "the escalation count", index.escalation_count(), 0),
         tolerant(problems, "agents", index.agents(limit=50), []),
         tolerant(problems, "events per minute", index.events_per_minute(), 0),
@@ -171,9 +174,13 @@ async def overview_context(index: SessionIndex) -> dict[str, Any]:
         "index_problems": problems,
         "counts": counts,
         "total": sum(counts.values()),
-        "queue": queue,
+        # why each waits, who holds it, its SLA clock (coordination/supervision/escalations.py)
+        "queue": await queue_rows(queue),
+        "queue_limit": OVERVIEW_QUEUE,
         "queue_total": queue_total,
         "agents": [a for a in agents if not a.stale],
+        # known but silent: "stopped reporting" is not "never reported"
+        "agents_stale": [a for a in agents if a.stale],
         "events_per_minute": per_minute,
     }
 

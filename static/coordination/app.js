@@ -24,6 +24,15 @@
       var left = Math.round((parseInt(el.getAttribute("data-expires"), 10) - Date.now()) / 1000);
       el.textContent = left > 0 ? "lease ends in " + left + "s" : "lease expired";
     });
+    root.querySelectorAll("[data-sla-clock]").forEach(function (el) {
+      // the same wording as supervision/escalations.sla_clock_text: "4m left", "2m over"
+      var left = Math.trunc((parseInt(el.getAttribute("data-sla-clock"), 10) - Date.now()) / 1000);
+      var span = Math.abs(left), label = span + "s";
+      if (span >= 86400) label = Math.floor(span / 86400) + "d";
+      else if (span >= 3600) label = Math.floor(span / 3600) + "h";
+      else if (span >= 60) label = Math.floor(span / 60) + "m";
+      el.textContent = label + (left >= 0 ? " left" : " over");
+    });
     root.querySelectorAll("[data-sla-deadline]").forEach(function (el) {
       var over = Date.now() > parseInt(el.getAttribute("data-sla-deadline"), 10);
       el.hidden = !over;

@@ -3,8 +3,14 @@ queue and agents, API docs, and the small defects (each with the test that names
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from asgiref.sync import async_to_sync
 from django.template.loader import render_to_string
+
+from coordination import AgentCoordinator, AtomicOperations, EventType
+from coordination.supervision.escalations import OVERVIEW_QUEUE
 
 pytestmark = pytest.mark.django_db
 
@@ -52,3 +58,66 @@ def test_500_page_renders_without_a_request():
     # Django renders 500.html with no request context (the failure may be in the context)
     html = render_to_string("500.html")
     assert "Something went wrong" in html and "<style" not in html
+
+
+def _escalate(redis_url, namespace, session_id, reason, data=None):
+    coord = AgentCoordinator(session_id, redis_url, namespace=namespace)
+    return async_to_sync(coord.escalate)(reason, data)
+
+
+def _queue_row(body: str, session_id: str) -> str:
+    match = re.search(
+        rf'<tr [^>]*data-session-id="{re.escape(session_id)}"[^>]*>(.*?)</tr>', body, re.S
+    )
+    assert match, f"no queue row for {session_id}"
+    return match.group(1)
+
+
+def test_queue_rows_show_reason_holder_and_sla_clock(logged_in, redis_url, namespace, settings):
+    settings.COORDINATION_ESCALATION_SLA = 600
+    coord = AgentCoordinator("q-held", redis_url, namespace=namespace)
+    async_to_sync(coord.publish)(EventType.HANDOFF_READY, {"to_agent": "billing"})
+    assert async_to_sync(AtomicOperations(redis_url, namespace=namespace).claim_handoff)(
+        "q-held", "billing"
+    )
+    _escalate(redis_url, namespace, "q-held", "customer wants a refund over the limit")
+    # later events do not hide the why
+    async_to_sync(coord.publish)(EventType.MESSAGE, {"text": "later"})
+    _escalate(redis_url, namespace, "q-bare", "")
+    body = logged_in.get("/").content.decode()
+
+    held = _queue_row(body, "q-held")
+    assert "customer wants a refund over the limit" in held
+    assert "billing" in held and "(claim)" in held
+    assert re.search(r'data-sla-clock="\d+">(9|10)m left<', held)
+    bare = _queue_row(body, "q-bare")
+    assert "no reason given" in bare and "nobody" in bare
+
+
+def test_queue_reason_is_escaped_and_cut(logged_in, redis_url, namespace):
+    evil = "<script>alert(1)</script>" + "x" * 1000
+    _escalate(redis_url, namespace, "q-evil", evil)
+    row = _queue_row(logged_in.get("/").content.decode(), "q-evil")
+    assert "<script>alert(1)" not in row and "&lt;script&gt;alert(1)" in row
+    assert "x" * 200 not in row  # cut to REASON_CHARS
+
+
+def test_queue_says_how_many_it_shows_and_links_to_all(logged_in, redis_url, namespace):
+    for n in range(OVERVIEW_QUEUE + 2):
+        _escalate(redis_url, namespace, f"q-{n:02d}", f"reason {n}")
+    body = logged_in.get("/").content.decode()
+    assert f"Showing the {OVERVIEW_QUEUE} longest waiting of {OVERVIEW_QUEUE + 2}" in body
+    assert 'href="/sessions/?status=escalated"' in body
+    assert body.count('data-label="Reason"') == OVERVIEW_QUEUE
+
+
+def test_overview_tells_stopped_agents_from_none_ever(logged_in, redis_url, namespace, settings):
+    body = logged_in.get("/").content.decode()
+    assert "No agent has ever reported in" in body and "stopped reporting" not in body
+
+    coord = AgentCoordinator("a-1", redis_url, namespace=namespace)
+    async_to_sync(coord.publish)(EventType.AGENT_READY, {"agent_id": "triage"})
+    settings.COORDINATION_AGENT_STALE_AFTER = 0.001  # every agent is stale
+    eventually_stale = logged_in.get("/").content.decode()
+    assert "Agents stopped reporting: 1 known agent (triage)" in eventually_stale
+    assert "No agent has ever reported in" not in eventually_stale
