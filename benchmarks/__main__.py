@@ -99,7 +99,7 @@ def run_core_on_private_server(url, namespace, full, on_shared):
 
 
 async def run_core(url, ns, full):
-    ops, rounds = (4000, 7) if full else (1600, 5)
+    ops, rounds = (4000, 9) if full else (1600, 7)
     rows = await core_ops.bench_operations(url, ns, (1, 16), ops, rounds)
     rows.append(await core_ops.bench_backlog(url, ns, 2000, rounds))
     rows.append(await core_ops.bench_subscribe_latency(url, ns, 1000, 5 if not full else 20))

@@ -328,9 +328,10 @@ async def bench_upstream(url, ns, ops, rounds) -> list[Row]:
     up_coord, up_atomic = modules
     client = aioredis.Redis.from_url(url, decode_responses=True)
     coordinator = up_coord.AgentCoordinator(redis_url=url, stream_name=f"{ns}:upstream:events")
-    ours = AgentCoordinator("up-ours", client=client, namespace=ns)
+    our_client = new_client(url)  # the client the library makes for itself
+    ours = AgentCoordinator("up-ours", client=our_client, namespace=ns)
     atomic_up = up_atomic.AtomicOperations(client)
-    atomic_ours = AtomicOperations(client=client, namespace=ns)
+    atomic_ours = AtomicOperations(client=our_client, namespace=ns)
     rows = []
     try:
 
@@ -393,4 +394,5 @@ async def bench_upstream(url, ns, ops, rounds) -> list[Row]:
     finally:
         await coordinator.close()
         await client.aclose()
+        await our_client.aclose()
     return rows

@@ -1,0 +1,66 @@
+"""The hot path of issue 18: scripts as Redis 7 functions or by SHA, never sent twice blindly;
+the Lua key table generated from Python; entries decoded flat as they would be from a dict."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from redis.exceptions import ResponseError
+
+from coordination import EventType
+from coordination.core import scripts
+from coordination.core.calls import fast_pool
+from coordination.core.events import event_from_fields, event_from_flat
+from coordination.core.keys import Keyspace
+
+
+def test_the_lua_key_table_follows_keyspace_global_keys():
+    keys = Keyspace("ns")
+    table = scripts.lua_key_table("KEYS", scripts.SESSION_KEY_COUNT)
+    named = re.findall(r"\['([a-z:]+)'\]=KEYS\[(\d+)\]", table)
+    assert [name for name, _ in named] == list(Keyspace.GLOBAL_KEY_NAMES)
+    assert [int(i) for _, i in named] == list(
+        range(scripts.SESSION_KEY_COUNT + 1, scripts.SESSION_KEY_COUNT + 1 + len(named))
+    )
+    assert len(named) == len(keys.global_keys())
+    assert keys.global_keys()[Keyspace.GLOBAL_KEY_NAMES.index("counters")] == keys.counters
+
+
+async def test_scripts_are_sent_again_only_when_the_server_says_they_did_not_run(make, redis_sync):
+    coord = make.coordinator("hot-1")
+    await coord.publish(EventType.MESSAGE, {"n": 1})
+    if fast_pool(coord.redis) is None:
+        pytest.skip("the hot path serves one-server clients")
+    # the server forgets the library and the scripts (only ours: the server is shared)
+    try:
+        redis_sync.execute_command("FUNCTION", "DELETE", scripts.LIBRARY.name)
+    except ResponseError:
+        pass  # Redis 6.2 (no functions) or not loaded: scripts ran by SHA
+    await coord.publish(EventType.MESSAGE, {"n": 2})
+    assert [e.data["n"] for e in await coord.events()] == [1, 2]  # each stored once
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [
+        ["t", "message", "d", '{"a":1}'],
+        ["t", "message", "d", '{"a":1}', "src", "triage"],
+        ["t", "message", "d", '{"a":1}', "src", ""],
+        ["t", "message", "d", '{"a":1}', "op", "x1"],
+        ["t", "message", "d", "[1]"],
+        ["t", "message", "d", "not json"],
+        ["t", "from-the-future", "d", "{}"],
+        ["d", '{"a":1}', "t", "note"],
+        ["t", "message", "d", '{"a":1}', "t", "note"],
+        ["t", "message", "d", json.dumps({"big": 2**80})],
+    ],
+)
+def test_flat_entries_decode_as_dicts_do(flat):
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    flat_event = event_from_flat("s", "1700000000000-1", flat)
+    dict_event = event_from_fields("s", "1700000000000-1", fields)
+    assert flat_event == dict_event
+    assert flat_event.extra == dict_event.extra
+    assert flat_event.source == dict_event.source
