@@ -15,7 +15,9 @@ from typing import Any
 
 from ninja import Field, Query, Router, Schema
 
+from coordination.api.schemas import schema_from_dataclass
 from coordination.core import Approval
+from coordination.core.approvals import MAX_MESSAGE_CHARS
 from coordination.core.keys import validate_session_id
 from coordination.platform.display import clean_deep, json_text
 from coordination.supervision import approvals as approval_actions
@@ -27,20 +29,21 @@ router = Router(tags=["approvals"])
 RESPONSE_ARGS_BYTES = 8 * 1024 * 1024
 
 
-class ApprovalOut(Schema):
-    session_id: str
-    approval_id: str
-    action: str = Field(description="The tool (or action) the agent asks to run")
-    args: Any = Field(description="The arguments the agent asked with")
-    reason: str | None
-    agent_id: str | None
-    requested_at: float | None = Field(description="Unix time of the request")
-    expires_at: float | None
-    status: str = Field(description="pending, approved, rejected or expired")
-    decided_by: str | None
-    decided_at: float | None
-    message: str | None
-    decided_args: Any = Field(description="Edited arguments the approval came with, or null")
+# The core's Approval record minus what is the agent's business: the ids of the request and
+# decision events (in the session's events anyway) and the decision's signature, which the
+# agent checks against the dashboard's key (coordination/core/signing.py).
+ApprovalOut = schema_from_dataclass(
+    Approval,
+    "ApprovalOut",
+    exclude=frozenset({"request_event_id", "decision_event_id", "signature"}),
+    descriptions={
+        "action": "The tool (or action) the agent asks to run",
+        "args": "The arguments the agent asked with",
+        "requested_at": "Unix time of the request",
+        "status": "pending, approved, rejected or expired",
+        "decided_args": "Edited arguments the approval came with, or null",
+    },
+)
 
 
 class ApprovalPageOut(Schema):
@@ -57,7 +60,9 @@ class SessionApprovalsOut(Schema):
 class DecideIn(Schema):
     approved: bool
     message: str | None = Field(
-        None, max_length=4000, description="Reaches the agent (the reason for a rejection)"
+        None,
+        max_length=MAX_MESSAGE_CHARS,
+        description="Reaches the agent (the reason for a rejection)",
     )
     args: Any = Field(
         None, description="Approve with these arguments instead of the agent's (approvals only)"

@@ -12,16 +12,21 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest, JsonResponse
-from django.urls import re_path
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import path, re_path, reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from ninja import Field, NinjaAPI, Query, Schema
+from ninja.errors import AuthorizationError
+from ninja.openapi.docs import Swagger
 from ninja.security import HttpBearer
 
 from coordination.api import approvals as api_approvals
+from coordination.api.schemas import schema_from_dataclass
 from coordination.core.errors import CoordinationError, InvalidSessionId, RedisUnavailable
-from coordination.core.events import decode_stored_json
+from coordination.core.events import Event, decode_stored_json
+from coordination.core.index import AgentPresence, SessionSummary
 from coordination.core.keys import STATUSES, validate_session_id
 from coordination.models import ApiToken
 from coordination.platform.core_clients import coordinator, read_state, session_index
@@ -29,15 +34,15 @@ from coordination.platform.display import clean_deep, json_text
 from coordination.supervision import interventions
 from coordination.supervision.actions import PERMISSION, dispatch
 from coordination.supervision.interventions import Actor, InterventionRefused
+from coordination.supervision.limits import MAX_BULK, MAX_TEXT
 
 MAX_TOKEN_LENGTH = 200
 # One response's payloads (an events page, a session's state) stop past this many bytes.
 API_RESPONSE_BYTES = 8 * 1024 * 1024
 MAX_STATE_KEYS = 1000
-MAX_BULK = 100
 
-Status = Literal["active", "waiting", "escalated", "human", "closed"]
-assert set(Status.__args__) == set(STATUSES)  # type: ignore[attr-defined]
+# The core's statuses, as a type the schema lists (Literal[("a", "b")] is Literal["a", "b"]).
+Status = Literal[STATUSES]  # type: ignore[valid-type]
 
 Action = Literal["take-over", "hand-back", "release", "reassign", "reply", "note", "close"]
 BulkAction = Literal["release", "reassign", "close", "hand-back"]
@@ -81,6 +86,18 @@ def _token_or_login(view):
     return wrapped
 
 
+class LocalSwagger(Swagger):
+    """Swagger UI from this site's static files (static/vendor/swagger-ui), started by
+    static/coordination/api-docs.js: ninja's own page loads it from a CDN or runs inline code,
+    which the site's Content-Security-Policy refuses."""
+
+    def render_page(self, request: HttpRequest, api: NinjaAPI, **kwargs: Any) -> HttpResponse:
+        self.settings["url"] = self.get_openapi_url(api, kwargs)
+        return render(
+            request, "api_docs.html", {"api": api, "swagger_settings": dict(self.settings)}
+        )
+
+
 api = NinjaAPI(
     title="coordinator API",
     version="1",
@@ -92,7 +109,8 @@ api = NinjaAPI(
     auth=BearerToken(),
     urls_namespace="api-v1",
     openapi_url="/openapi.json",
-    docs_url=None,  # the interactive docs load scripts from a CDN; the schema is enough
+    docs_url="/docs",
+    docs=LocalSwagger(),
     docs_decorator=_token_or_login,
 )
 
@@ -104,23 +122,19 @@ class ErrorOut(Schema):
     detail: str
 
 
-class SessionOut(Schema):
-    session_id: str
-    status: str
-    owner: str | None
-    controller: str | None
-    last_event_id: str | None
-    last_event_type: str | None
-    last_activity: float | None = Field(description="Unix time of the last event")
-    created: float | None
-    taken_at: float | None
-    escalated_at: float | None
-    escalation_queue: str | None = Field(
-        description='The queue the escalation named in data["queue"]; null is the default queue'
-    )
-    claim_agent: str | None
-    claim_token: int | None
-    claim_expires_at: float | None
+# Every field of the core's SessionSummary, as it is (tests/web/test_api_schemas.py).
+SessionOut = schema_from_dataclass(
+    SessionSummary,
+    "SessionOut",
+    descriptions={
+        "last_activity": "Unix time of the last event",
+        "escalation_queue": (
+            'The queue the escalation named in data["queue"]; null is the default queue'
+        ),
+        "fence": "The last fencing token granted to a claim (each claim gets a higher one)",
+        "pending_approvals": "Approvals requested and not yet decided (nor expired)",
+    },
+)
 
 
 class SessionPageOut(Schema):
@@ -128,17 +142,15 @@ class SessionPageOut(Schema):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
 
 
-class SessionDetailOut(SessionOut):
+class SessionDetailOut(SessionOut):  # type: ignore[misc,valid-type]
     state: dict[str, Any]
 
 
-class EventOut(Schema):
-    id: str
-    type: str
-    data: dict[str, Any]
-    session_id: str
-    timestamp: float
-    source: str | None
+# The core's Event minus ``extra`` (the reader's notes on a malformed entry, not the agent's
+# data); its type is sent as text whether or not it is one of the core's EventTypes.
+EventOut = schema_from_dataclass(
+    Event, "EventOut", exclude=frozenset({"extra"}), types={"type": str}
+)
 
 
 class EventPageOut(Schema):
@@ -146,13 +158,8 @@ class EventPageOut(Schema):
     next_after: str | None = Field(description="Pass as `after` to read on")
 
 
-class AgentOut(Schema):
-    agent_id: str
-    capabilities: list[str]
-    load: Any
-    last_seen: float
-    sessions_held: int
-    stale: bool
+# The core's AgentPresence minus ``extra`` (whatever else a heartbeat carried, unvetted).
+AgentOut = schema_from_dataclass(AgentPresence, "AgentOut", exclude=frozenset({"extra"}))
 
 
 class EscalationsOut(Schema):
@@ -176,9 +183,9 @@ class InterventionIn(Schema):
     expected_controller: str | None = Field(
         None, max_length=256, description="hand-back: refuse if someone else took over"
     )
-    text: str | None = Field(None, max_length=4000, description="reply, note")
+    text: str | None = Field(None, max_length=MAX_TEXT, description="reply, note")
     resolution: str | None = Field(
-        None, max_length=4000, description="hand-back: what the human decided, for the agent"
+        None, max_length=MAX_TEXT, description="hand-back: what the human decided, for the agent"
     )
     force: bool | None = Field(
         None, description="reassign: accept an agent that has never reported in"
@@ -240,13 +247,9 @@ def _session_id(session_id: str) -> str:
 async def _require_intervene(request) -> Actor:
     user = request.auth
     if not await sync_to_async(user.has_perm)(PERMISSION):
-        raise PermissionError
+        # ninja's own 403: its handler answers {"detail": message}, like every error here
+        raise AuthorizationError(message="This token's user may view sessions but not act on them.")
     return Actor(user, request.META.get("REMOTE_ADDR") or None)
-
-
-@api.exception_handler(PermissionError)
-def _forbidden(request, exc):
-    return _error(request, 403, "This token's user may view sessions but not act on them.")
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -340,17 +343,8 @@ async def session_events(
 async def agents(request):
     """Agents seen by heartbeat or events, most recent first. Presence fields are normalised
     by the index (a capability that is not a string is shown as ``(invalid: ...)``)."""
-    return [
-        {
-            "agent_id": a.agent_id,
-            "capabilities": a.capabilities,
-            "load": a.load,
-            "last_seen": a.last_seen,
-            "sessions_held": a.sessions_held,
-            "stale": a.stale,
-        }
-        for a in await session_index().agents()
-    ]
+    fields = AgentOut.model_fields
+    return [{name: getattr(a, name) for name in fields} for a in await session_index().agents()]
 
 
 @api.get(
@@ -447,10 +441,30 @@ def urls():
     """The API's URL patterns. The views answer 401 themselves (bearer token), so the
     site-wide LoginRequiredMiddleware, which would redirect to the login page, skips them."""
     patterns, app_name, namespace = api.urls
-    patterns = [*patterns, re_path(r"^[\s\S]*$", _not_found)]  # [\s\S]: ids may hold newlines
+    patterns = [
+        path("", _index, name="index"),  # before ninja's own root view, which answers 404
+        *patterns,
+        re_path(r"^[\s\S]*$", _not_found),  # [\s\S]: ids may hold newlines
+    ]
     for pattern in _walk(patterns):
         pattern.callback.login_required = False
     return patterns, app_name, namespace
+
+
+@csrf_exempt  # token clients send no CSRF token; this view changes nothing
+def _index(request: HttpRequest) -> HttpResponse:
+    """/api/v1/ itself: a browser goes to the interactive docs, a client gets where things are."""
+    docs = reverse("api-v1:openapi-view")
+    if "text/html" in request.headers.get("Accept", ""):
+        return redirect(docs)
+    return JsonResponse(
+        {
+            "title": api.title,
+            "version": api.version,
+            "docs": docs,
+            "openapi": reverse("api-v1:openapi-json"),
+        }
+    )
 
 
 @csrf_exempt  # token clients send no CSRF token; this view changes nothing

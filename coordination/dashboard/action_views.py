@@ -23,6 +23,7 @@ from coordination.dashboard.fragments import live_header_context
 from coordination.supervision import interventions
 from coordination.supervision.actions import PERMISSION, UnknownAction, dispatch
 from coordination.supervision.interventions import Actor, InterventionRefused
+from coordination.supervision.limits import MAX_BULK
 
 
 def _client_address(request: HttpRequest) -> str | None:
@@ -89,7 +90,6 @@ BULK_ACTIONS = {
     "hand-back": "Hand back to…",
     "close": "Close",
 }
-MAX_BULK = 100
 
 
 def _bulk_form(request: HttpRequest, session_id: str) -> dict[str, str | None]:

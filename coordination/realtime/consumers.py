@@ -383,10 +383,9 @@ class SessionConsumer(LoginRequiredConsumer):
                 size = 0
             frames[-1].append(item)
             size += _size(item)
-        for i, frame in enumerate(frames):
+        for frame in frames:
             rows = "".join(item["html"] for item in reversed(frame))
-            context = {"rows": rows, "first": i == 0}
-            await self.send(text_data=render_to_string(PUSH + "timeline-frame", context))
+            await self.send(text_data=render_to_string(PUSH + "timeline-frame", {"rows": rows}))
         types = {e["type"] for e in fresh}
         if refresh and (
             types & {t.value for t in SUMMARY_EVENTS} or EventType.STATE_CHANGED.value in types

@@ -27,9 +27,7 @@ from coordination.platform.core_clients import atomic_operations, coordinator, s
 from coordination.platform.display import humanize_age
 from coordination.platform.telemetry import count_intervention
 from coordination.realtime.groups import announce_audit
-
-MAX_TEXT = 4000
-
+from coordination.supervision.limits import MAX_TEXT
 
 audit_log = logging.getLogger("coordination.audit")
 
