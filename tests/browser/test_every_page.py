@@ -73,7 +73,7 @@ def test_every_page_fits_and_loads_cleanly(asgi_server, page_factory, core, sid,
     problems = _watch(page)
     report: list[str] = []
 
-    def check(path: str, what: str, live=None, expect_status: int = 200) -> None:
+    def check(path: str, what: str, live=None, expect_status: int = 200, ready=None) -> None:
         problems.clear()
         response = page.goto(base + path)
         if response.status != expect_status:
@@ -82,6 +82,8 @@ def test_every_page_fits_and_loads_cleanly(asgi_server, page_factory, core, sid,
         if live is not None:
             wait_live(page)
             live()
+        if ready is not None:
+            ready()
         overflow = _overflow(page)
         if overflow:
             report.append(f"{what} at {width}: {overflow}")
@@ -129,6 +131,11 @@ def test_every_page_fits_and_loads_cleanly(asgi_server, page_factory, core, sid,
     check(f"/payload/?session={sid}&event={event.id}", "payload")
     check("/sessions/no-such-session-here/", "not found", expect_status=404)
     check("/admin/", "admin index")
+
+    def swagger_drawn() -> None:
+        wait_for_js(page, "!!document.querySelector('.swagger-ui .opblock')", "Swagger UI")
+
+    check("/api/v1/docs", "API docs", ready=swagger_drawn)
     page.context.clear_cookies()
     check("/login/", "login")
     assert not report, "\n".join(report)

@@ -121,3 +121,30 @@ def test_overview_tells_stopped_agents_from_none_ever(logged_in, redis_url, name
     eventually_stale = logged_in.get("/").content.decode()
     assert "Agents stopped reporting: 1 known agent (triage)" in eventually_stale
     assert "No agent has ever reported in" not in eventually_stale
+
+
+def test_api_docs_are_served_locally_under_the_csp(logged_in):
+    response = logged_in.get("/api/v1/docs")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in body
+    assert "/static/coordination/api-docs.js" in body
+    assert "cdn" not in body.lower() and "http" not in body.replace("http-equiv", "")
+    # the only <script> without src is the JSON data block, which browsers do not run
+    inline = re.findall(r"<script(?![^>]*\bsrc=)([^>]*)>", body)
+    assert inline == [' id="swagger-settings" type="application/json"']
+    assert "script-src 'self'" in response["Content-Security-Policy"]
+    assert logged_in.get("/static/vendor/swagger-ui/swagger-ui-bundle.js").status_code == 200
+
+
+def test_api_docs_need_a_login_or_token(client, db):
+    assert client.get("/api/v1/docs").status_code == 401
+
+
+def test_api_root_answers(logged_in):
+    browser = logged_in.get("/api/v1/", HTTP_ACCEPT="text/html,application/xhtml+xml")
+    assert browser.status_code == 302 and browser["Location"] == "/api/v1/docs"
+    client = logged_in.get("/api/v1/", HTTP_ACCEPT="application/json")
+    assert client.status_code == 200
+    assert client.json()["openapi"] == "/api/v1/openapi.json"
+    assert logged_in.get("/api/v1/nothing-here").status_code == 404
