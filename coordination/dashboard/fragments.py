@@ -23,6 +23,7 @@ from coordination.core import (
 )
 from coordination.core.events import decode_stored_json, is_stream_id
 from coordination.dashboard.approvals import overview_approvals_context, session_approvals_context
+from coordination.dashboard.session_list import DEFAULT_SORT, SORTS, VIEWS, search_text
 from coordination.dashboard.transcript import transcript_context
 from coordination.platform.core_clients import coordinator, read_state, session_index
 from coordination.platform.display import (
@@ -62,37 +63,68 @@ SUMMARY_EVENTS = {
 
 @dataclass(frozen=True)
 class SessionFilters:
-    """The sessions list's filters, from a query string (page or websocket)."""
+    """The sessions list's filters, from a query string (page or websocket). Values outside the
+    whitelists are dropped here (the page answers them with a 400 first: ``check_query``)."""
 
     status: str | None = None
     owner: str | None = None
     prefix: str | None = None
     cursor: str | None = None
+    sort: str | None = None  # a key of session_list.SORTS; None: the view's default order
+    view: str | None = None  # a key of session_list.VIEWS
+    text: str | None = None  # searched inside the last events' text
 
     @classmethod
     def from_query(cls, query: Any) -> SessionFilters:
         status = (query.get("status") or "").strip() or None
         if status not in (None, *STATUSES):
             status = None
+        sort = query.get("sort") or None
+        view = query.get("view") or None
         return cls(
             status=status,
             owner=(query.get("agent") or "").strip()[:256] or None,
             prefix=(query.get("q") or "").strip()[:256] or None,
             cursor=(query.get("cursor") or "").strip() or None,
+            sort=sort if sort in SORTS and sort != DEFAULT_SORT else None,
+            view=view if view in VIEWS else None,
+            text=search_text(query.get("text")),
         )
 
+    @property
+    def effective_sort(self) -> str:
+        # waiting for pickup: who has waited longest comes first
+        return self.sort or ("activity" if self.view == "pickup" else DEFAULT_SORT)
+
+    @property
+    def effective_status(self) -> str | None | bool:
+        """The status to list; False when the view and the status exclude each other."""
+        if self.view == "pickup":
+            return "waiting" if self.status in (None, "waiting") else False
+        return self.status
+
     def matches(self, summary: SessionSummary) -> bool:
+        """Whether a session belongs in this list (the event-text search is not checked)."""
+        status = self.effective_status
         return (
-            (self.status is None or summary.status == self.status)
+            status is not False
+            and (status is None or summary.status == status)
             and (self.owner is None or summary.owner == self.owner)
             and (self.prefix is None or summary.session_id.startswith(self.prefix))
+            and (
+                self.view != "unassigned"
+                or (summary.owner is None and summary.controller is None and summary.status != "closed")
+            )
         )
 
     def query_string(self, **overrides: str | None) -> str:
         values = {
+            "view": self.view,
             "status": self.status,
             "agent": self.owner,
             "q": self.prefix,
+            "text": self.text,
+            "sort": self.sort,
             "cursor": self.cursor,
         }
         values.update(overrides)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 
 from asgiref.sync import sync_to_async
@@ -21,7 +22,7 @@ from coordination.core import InvalidCursor, InvalidSessionId, RedisUnavailable,
 from coordination.core.connection import UNAVAILABLE_ERRORS
 from coordination.core.events import decode_stored_json, event_from_fields, is_stream_id
 from coordination.core.keys import validate_session_id
-from coordination.dashboard import saved_filters, trends
+from coordination.dashboard import saved_filters, session_list, trends
 from coordination.dashboard.action_views import BULK_ACTIONS
 from coordination.dashboard.fragments import (
     SESSIONS_PAGE,
@@ -71,28 +72,42 @@ async def overview(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 async def sessions(request: HttpRequest) -> HttpResponse:
-    filters = SessionFilters.from_query(request.GET)
     try:
-        page = await session_index().list_sessions(
-            status=filters.status,
-            cursor=filters.cursor,
-            limit=SESSIONS_PAGE,
-            owner=filters.owner,
-            prefix=filters.prefix,
-        )
+        session_list.check_query(request.GET)
+    except session_list.BadQuery as exc:
+        return HttpResponseBadRequest(f"Bad sessions query: {exc}", content_type="text/plain")
+    filters = SessionFilters.from_query(request.GET)
+    user = await request.auser()
+    me = f"human:{user.get_username()}"
+    if filters.view == "mine":  # held or taken over by me: the owner the core records for me
+        filters = dataclasses.replace(filters, owner=me)
+    try:
+        page = await session_list.list_page(session_index(), filters, SESSIONS_PAGE, me)
     except (InvalidCursor, ValueError) as exc:
         return HttpResponseBadRequest(f"Bad sessions query: {exc}", content_type="text/plain")
     context = {
         "nav": "sessions",
         "filters": filters,
         "rows": [session_row_context(s) for s in page.sessions],
+        "page": page,
         "next_query": filters.query_string(cursor=page.next_cursor) if page.next_cursor else None,
         "first_page": filters.cursor is None,
+        # new activity goes on top only where the newest activity is on top
+        "live_on_top": filters.cursor is None
+        and filters.effective_sort == session_list.DEFAULT_SORT
+        and not filters.text,
         "ws_query": filters.query_string(cursor=None),
         "statuses": ("active", "waiting", "escalated", "human", "closed"),
         "can_intervene": await _can_intervene(request),
         "bulk_actions": BULK_ACTIONS.items(),
-        "saved_filters": await saved_filters.user_filters(await request.auser()),
+        "saved_filters": await saved_filters.user_filters(user),
+        "views": session_list.view_links(filters),
+        "columns": session_list.column_links(filters),
+        "sort_label": session_list.SORTS[filters.effective_sort],
+        "search_events": session_list.SEARCH_EVENTS,
+        "search_kib": session_list.SEARCH_EVENT_BYTES // 1024,
+        "search_scan": session_list.SEARCH_SCAN_LIMIT,
+        "max_search": session_list.MAX_SEARCH_CHARS,
     }
     return render(request, "coordination/sessions.html", context)
 
