@@ -120,6 +120,14 @@ async def bulk(request: HttpRequest) -> HttpResponse:
         error = "Select at least one session."
     elif len(session_ids) > MAX_BULK:
         error = f"{len(session_ids)} sessions selected; at most {MAX_BULK} at a time."
+    elif action in ("reassign", "hand-back") and not request.POST.get("to_agent", "").strip():
+        # once for the whole request, not once per row
+        error = (
+            "Name the agent to reassign the selected sessions to."
+            if action == "reassign"
+            else "Name the agent to hand the selected sessions back to (to hand one back to "
+            "the queue, use its session page)."
+        )
 
     async def one(session_id: str) -> dict:
         result = {"session_id": session_id, "linkable": _is_session_id(session_id)}

@@ -16,8 +16,9 @@ async def user_filters(user) -> list[SavedFilter]:
     return [f async for f in SavedFilter.objects.filter(user=user)]
 
 
-async def save_filter(user, name: str, query: Any) -> SavedFilter:
-    """Save the filters in ``query`` under ``name``; the same name again replaces it."""
+async def save_filter(user, name: str, query: Any, *, replace: bool = False) -> SavedFilter:
+    """Save the filters in ``query`` under ``name``. A name already taken is refused unless
+    ``replace`` says so: a saved filter is never overwritten by accident."""
     name = (name or "").strip()
     if not name:
         raise FilterNotSaved("Give the filter a name.")
@@ -27,10 +28,13 @@ async def save_filter(user, name: str, query: Any) -> SavedFilter:
     if not canonical:
         raise FilterNotSaved("Set a status, an owner or an id prefix before saving.")
     existing = SavedFilter.objects.filter(user=user)
-    if (
-        not await existing.filter(name=name).aexists()
-        and await existing.acount() >= SavedFilter.MAX_PER_USER
-    ):
+    taken = await existing.filter(name=name).aexists()
+    if taken and not replace:
+        raise FilterNotSaved(
+            f'You already have a filter named {name!r}: tick "replace it" to overwrite it, '
+            "or choose another name."
+        )
+    if not taken and await existing.acount() >= SavedFilter.MAX_PER_USER:
         raise FilterNotSaved(
             f"You have {SavedFilter.MAX_PER_USER} saved filters; delete one to save another."
         )

@@ -129,13 +129,16 @@ async def trends_page(request: HttpRequest) -> HttpResponse:
 async def save_filter(request: HttpRequest) -> HttpResponse:
     query = SessionFilters.from_query(request.POST).query_string(cursor=None)
     try:
+        replace = request.POST.get("replace") == "on"
         saved = await saved_filters.save_filter(
-            await request.auser(), request.POST.get("name", ""), request.POST
+            await request.auser(), request.POST.get("name", ""), request.POST, replace=replace
         )
     except saved_filters.FilterNotSaved as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"Saved the filter {saved.name!r}.")
+        messages.success(
+            request, f"{'Replaced' if replace else 'Saved'} the filter {saved.name!r}."
+        )
     return redirect(reverse("coordination:sessions") + (f"?{query}" if query else ""))
 
 

@@ -7,9 +7,12 @@ import re
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings as settings_module
 from django.template.loader import render_to_string
 
 from coordination import AgentCoordinator, AtomicOperations, EventType
+from coordination.models import AuditEntry, SavedFilter
+from coordination.platform.display import humanize_age
 from coordination.supervision.escalations import OVERVIEW_QUEUE
 
 pytestmark = pytest.mark.django_db
@@ -148,3 +151,54 @@ def test_api_root_answers(logged_in):
     assert client.status_code == 200
     assert client.json()["openapi"] == "/api/v1/openapi.json"
     assert logged_in.get("/api/v1/nothing-here").status_code == 404
+
+
+def test_bulk_reassign_or_hand_back_without_an_agent_is_refused_once(
+    logged_in, redis_url, namespace
+):
+    for sid in ("b-1", "b-2", "b-3"):
+        _escalate(redis_url, namespace, sid, "help")
+    for action, words in (
+        ("reassign", "Name the agent to reassign"),
+        ("hand-back", "Name the agent to hand the selected sessions back to"),
+    ):
+        body = logged_in.post(
+            "/act-bulk/",
+            {"action": action, "session_ids": ["b-1", "b-2", "b-3"], "to_agent": "  "},
+            HTTP_HX_REQUEST="true",
+        ).content.decode()
+        assert body.count(words) == 1, action
+        assert "Refused:" not in body and "of 3 done" not in body, action
+    assert AuditEntry.objects.count() == 0  # nothing was attempted
+
+
+def test_relative_times_agree_everywhere(logged_in, redis_url, namespace):
+    from django.contrib.auth.models import User
+
+    from coordination.supervision import interventions
+
+    _escalate(redis_url, namespace, "t-1", "help")
+    actor = interventions.Actor(User.objects.get(username="sup"), None)
+    async_to_sync(interventions.add_note)(actor, "t-1", "looked at it")
+    body = logged_in.get("/sessions/t-1/").content.decode()
+    audit = body.split('id="session-audit"')[1].split("</section>")[0]
+    assert "just now" in audit and "minutes ago" not in audit
+    assert humanize_age(0) == "just now" and humanize_age(4.9) == "just now"
+    assert humanize_age(75) == "1m ago" and humanize_age(7200) == "2h ago"
+    # app.js labels times with the same words
+    script = (settings_module.BASE_DIR / "static/coordination/app.js").read_text()
+    assert '"just now"' in script and '" ago"' in script and "minutes" not in script
+
+
+def test_saving_a_filter_under_a_taken_name_is_refused_unless_replace(logged_in):
+    logged_in.post("/saved-filters/", {"name": "Mine", "status": "human"})
+    page = logged_in.post(
+        "/saved-filters/", {"name": "Mine", "status": "closed"}, follow=True
+    ).content.decode()
+    assert "You already have a filter named &#x27;Mine&#x27;" in page
+    assert SavedFilter.objects.get(name="Mine").query == "status=human"
+    page = logged_in.post(
+        "/saved-filters/", {"name": "Mine", "status": "closed", "replace": "on"}, follow=True
+    ).content.decode()
+    assert "Replaced the filter &#x27;Mine&#x27;." in page
+    assert SavedFilter.objects.get(name="Mine").query == "status=closed"

@@ -178,8 +178,15 @@ def test_saved_filters_are_per_user(logged_in, viewer, publish):
         '<a href="/sessions/?status=escalated&amp;q=sf-" aria-current="true">My escalations</a>'
         in page
     )
-    # the same name again replaces it; bad input is refused with a message
-    logged_in.post("/saved-filters/", {"name": "My escalations", "status": "human"})
+    # the same name again is refused unless "replace" is ticked; bad input is refused too
+    refused = logged_in.post(
+        "/saved-filters/", {"name": "My escalations", "status": "human"}, follow=True
+    ).content.decode()
+    assert "You already have a filter named &#x27;My escalations&#x27;" in refused
+    assert '<a href="/sessions/?status=escalated&amp;q=sf-">My escalations</a>' in refused
+    logged_in.post(
+        "/saved-filters/", {"name": "My escalations", "status": "human", "replace": "on"}
+    )
     assert (
         '<a href="/sessions/?status=human">My escalations</a>'
         in logged_in.get("/sessions/").content.decode()
@@ -207,5 +214,6 @@ def test_saved_filters_are_capped_per_user(logged_in, supervisor):
     )
     page = logged_in.post("/saved-filters/", {"name": "one more", "q": "x"}, follow=True)
     assert "You have 50 saved filters; delete one to save another." in page.content.decode()
-    logged_in.post("/saved-filters/", {"name": "f3", "q": "replaced"})  # replacing is allowed
+    replacing = {"name": "f3", "q": "replaced", "replace": "on"}
+    logged_in.post("/saved-filters/", replacing)  # replacing (asked for) is allowed at the cap
     assert SavedFilter.objects.get(name="f3").query == "q=replaced"
