@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -58,6 +59,13 @@ def env_number(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+
+
+def _stderr_is_a_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed by a host process
+        return False
 
 
 DEBUG = env_bool("DEBUG", True)
@@ -249,8 +257,12 @@ if not DEBUG:
     if env_bool("SECURE_PROXY_SSL_HEADER", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# LOG_FORMAT=json (the default): one JSON object per line; LOG_FORMAT=text for reading by eye.
-LOG_FORMAT = os.environ.get("LOG_FORMAT", "json").lower()
+# LOG_FORMAT=json: one JSON object per line, for a log pipeline; LOG_FORMAT=text: for reading
+# by eye. Unset: text when stderr is a terminal (`make run`), JSON otherwise (a container, a
+# service manager, a pipe).
+LOG_FORMAT = (
+    os.environ.get("LOG_FORMAT") or ("text" if _stderr_is_a_terminal() else "json")
+).lower()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

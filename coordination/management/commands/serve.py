@@ -4,9 +4,11 @@ a supervisor account, the ASGI server and the demo agents; Ctrl-C stops everythi
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +27,15 @@ from coordination.devtools.embedded_redis import EmbeddedRedis, EmbeddedRedisErr
 from coordination.devtools.processes import uvicorn_proxy_args
 from coordination.platform import redis_acl
 from coordination.platform.core_clients import decision_signer
+
+# how often serve looks at the demo agents, and how many restarts it allows in a window
+AGENTS_CHECK_SECONDS = 1.0
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+
+
+def _start_agents(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "manage.py", "simulate_agents"], env=env)
 
 
 class Command(BaseCommand):
@@ -47,6 +58,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, signal.default_int_handler)
         embedded = None
         children: list[subprocess.Popen] = []
+        self._check_port_free(host, port)
         try:
             redis_url = os.environ.get("REDIS_URL")
             agents_url = redis_url
@@ -94,18 +106,15 @@ class Command(BaseCommand):
                     env=env,
                 )
             )
+            agents_env = None
             if not no_agents and _has_command("simulate_agents"):
-                children.append(
-                    subprocess.Popen(
-                        [sys.executable, "manage.py", "simulate_agents"],
-                        # the agents check that a person made each decision (docs/security.md)
-                        env={
-                            **env,
-                            "REDIS_URL": agents_url,
-                            DECISION_KEY_ENV: decision_signer().public_key,
-                        },
-                    )
-                )
+                # the agents check that a person made each decision (docs/security.md)
+                agents_env = {
+                    **env,
+                    "REDIS_URL": agents_url,
+                    DECISION_KEY_ENV: decision_signer().public_key,
+                }
+                children.append(_start_agents(agents_env))
             url = f"http://{host}:{port}/"
             self._wait_until_healthy(children[0], url)
             self.stdout.write(self.style.SUCCESS(f"\nCoordinator is running at {url}"))
@@ -115,7 +124,7 @@ class Command(BaseCommand):
                 "Press Ctrl-C to stop the server, the agents and the embedded Redis.\n"
             )
             signal.signal(signal.SIGTERM, _interrupt)
-            children[0].wait()
+            self._watch(children, agents_env)
         except KeyboardInterrupt:
             self.stdout.write("\nStopping…")
         finally:
@@ -133,6 +142,55 @@ class Command(BaseCommand):
             if embedded is not None:
                 embedded.stop()
 
+    def _check_port_free(self, host: str, port: int) -> None:
+        """Fail at once, naming PORT, when something already listens where the server would."""
+        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        # as uvicorn binds: a port left in TIME_WAIT by a server that just stopped is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                self._fail(
+                    f"port {port} on {host} is taken (another server is listening there): "
+                    f"stop it, or choose another port with PORT, e.g. PORT={port + 1} make run"
+                )
+            self._fail(f"cannot listen on {host}:{port} ({exc.strerror}): set HOST and PORT")
+        finally:
+            probe.close()
+
+    def _watch(self, children: list[subprocess.Popen], agents_env: dict | None) -> None:
+        """Wait on the server; a demo fleet that dies meanwhile is reported and started again
+        (its exit is collected, so no zombie is left), unless it keeps dying."""
+        restarts: list[float] = []
+        while True:
+            try:
+                children[0].wait(timeout=AGENTS_CHECK_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+            else:
+                code = children[0].returncode
+                self.stderr.write(f"error: the ASGI server exited with code {code}; stopping.")
+                raise SystemExit(1)
+            if agents_env is None or len(children) < 2 or children[1].poll() is None:
+                continue
+            code = children[1].returncode
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
+            if len(restarts) > MAX_RESTARTS:
+                self.stderr.write(
+                    f"error: the demo agents exited with code {code} again ({MAX_RESTARTS} "
+                    f"restarts in {RESTART_WINDOW:g} s); not restarting them. The dashboard "
+                    "keeps running; see their output above."
+                )
+                agents_env = None
+                continue
+            self.stderr.write(
+                f"warning: the demo agents exited with code {code}; restarting them "
+                f"(restart {len(restarts)} of at most {MAX_RESTARTS} per {RESTART_WINDOW:g} s)."
+            )
+            children[1] = _start_agents(agents_env)
+
     def _wait_until_healthy(
         self, server: subprocess.Popen, url: str, timeout: float = 60.0
     ) -> None:
@@ -141,7 +199,8 @@ class Command(BaseCommand):
         while time.monotonic() < deadline:
             if server.poll() is not None:
                 self._fail(
-                    f"the ASGI server exited with code {server.returncode} (is port {url} taken?)"
+                    f"the ASGI server exited with code {server.returncode} (is {url} taken? "
+                    "choose another port with PORT)"
                 )
             try:
                 with urllib.request.urlopen(probe, timeout=1):
