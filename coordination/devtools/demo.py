@@ -118,7 +118,11 @@ def demo_reply(instructions: str, text: str) -> str | ToolCall:
             {
                 "order_id": mark.group(1),
                 "amount": float(mark.group(2)),
-                "reason": "requested by the customer",
+                "reason": (
+                    f"over the ${REFUND_LIMIT:,.0f} agent limit"
+                    if float(mark.group(2)) > REFUND_LIMIT
+                    else "within the agent limit"
+                ),
             },
         )
     return support_desk_reply(instructions, _REFUND_MARK.sub("", text).strip())

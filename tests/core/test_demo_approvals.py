@@ -183,3 +183,27 @@ async def test_a_takeover_while_waiting_stops_the_agent_and_the_hand_back_resume
     assert fleet.refunds == [("ORD-10007", BIG[2])]
     assert len(_refund_results(events)) == 1
     assert len([e for e in events if e.type is EventType.APPROVAL_REQUESTED]) == 1
+
+
+async def test_approved_with_edited_arguments_the_refund_runs_with_them_once(fleet, signer):
+    sid = "demo-refund-edited"
+    coord = fleet.coordinator(sid)
+    await _customer_asks(fleet, sid, BIG)
+    asked = await _next(coord, EventType.APPROVAL_REQUESTED)
+    edited = {**asked.data["args"], "amount": 150.0}
+    await coord.decide(asked.data["approval_id"], True, by="human:sup", args=edited, signer=signer)
+    await _next(coord, EventType.SESSION_CLOSED, after=asked.id)
+    events = await coord.events(limit=1000)
+    assert fleet.refunds == [("ORD-10007", 150.0)]
+    assert len(_refund_results(events)) == 1
+    assert len([e for e in events if e.type is EventType.APPROVAL_REQUESTED]) == 1  # not again
+    assert _agent_says(events)[0].startswith("Done: Refunded $150.00 on order ORD-10007.")
+
+
+def test_every_query_comes_up_once_in_each_round_of_sessions(redis_url, namespace):
+    fleet = Fleet(redis_url, namespace, FleetSettings(seed=1), offline=True)
+    for _ in range(3):
+        dealt = [fleet.next_query() for _ in QUERIES]
+        assert sorted(dealt, key=str) == sorted(QUERIES, key=str)
+    # so a refund that needs a supervisor is asked for within the first len(QUERIES) sessions
+    assert sum(1 for q in QUERIES if q[2] and q[2] > REFUND_LIMIT) == 2
