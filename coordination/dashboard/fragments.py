@@ -80,7 +80,8 @@ class SessionFilters:
         if status not in (None, *STATUSES):
             status = None
         sort = query.get("sort") or None
-        view = query.get("view") or None
+        # "show", not "view": the sessions socket's own "view" (list or overview) shares the query
+        view = query.get("show") or None
         return cls(
             status=status,
             owner=(query.get("agent") or "").strip()[:256] or None,
@@ -119,7 +120,7 @@ class SessionFilters:
 
     def query_string(self, **overrides: str | None) -> str:
         values = {
-            "view": self.view,
+            "show": self.view,
             "status": self.status,
             "agent": self.owner,
             "q": self.prefix,

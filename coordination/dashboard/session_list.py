@@ -82,9 +82,9 @@ def check_query(query: Any) -> None:
     sort = query.get("sort")
     if sort not in (None, "") and sort not in SORTS:
         raise BadQuery(f"unknown sort; valid: {', '.join(SORTS)}")
-    view = query.get("view")
+    view = query.get("show")
     if view not in (None, "") and view not in VIEWS:
-        raise BadQuery(f"unknown view; valid: {', '.join(VIEWS)}")
+        raise BadQuery(f"unknown view (show=); valid: {', '.join(VIEWS)}")
     text = query.get("text") or ""
     if len(text) > MAX_SEARCH_CHARS:
         raise BadQuery(f"the search is {len(text):,} characters; at most {MAX_SEARCH_CHARS}")
@@ -416,13 +416,35 @@ def column_links(filters: Any) -> list[dict[str, Any]]:
     return links
 
 
+SORT_CHOICES = (
+    ("-activity", "Newest activity"),
+    ("activity", "Oldest activity"),
+    ("session", "Session A–Z"),
+    ("-session", "Session Z–A"),
+    ("status", "Status"),
+)
+
+
+def sort_options(filters: Any) -> list[dict[str, Any]]:
+    """The orders as a list of links, for narrow screens where the table's header is hidden."""
+    current = filters.effective_sort
+    return [
+        {
+            "label": label,
+            "query": filters.query_string(cursor=None, sort=key),
+            "current": key == current,
+        }
+        for key, label in SORT_CHOICES
+    ]
+
+
 def view_links(filters: Any) -> list[dict[str, Any]]:
     """All / Mine / Unassigned / Waiting for pickup: the current filters in another view
     (the owner filter is dropped where the view sets or excludes it)."""
     links = []
     for view, label in (("", "All"), *VIEWS.items()):
         owner = None if view in ("mine", "unassigned") or filters.view == "mine" else filters.owner
-        query = filters.query_string(cursor=None, view=view or None, agent=owner)
+        query = filters.query_string(cursor=None, show=view or None, agent=owner)
         links.append(
             {"view": view, "label": label, "query": query, "current": (filters.view or "") == view}
         )

@@ -103,6 +103,7 @@ async def sessions(request: HttpRequest) -> HttpResponse:
         "saved_filters": await saved_filters.user_filters(user),
         "views": session_list.view_links(filters),
         "columns": session_list.column_links(filters),
+        "sort_options": session_list.sort_options(filters),
         "sort_label": session_list.SORTS[filters.effective_sort],
         "search_events": session_list.SEARCH_EVENTS,
         "search_kib": session_list.SEARCH_EVENT_BYTES // 1024,

@@ -86,15 +86,19 @@ def test_mine_unassigned_and_waiting_for_pickup(logged_in, coord, redis_url, nam
     async_to_sync(atomic.release_handoff)("released", "billing")  # back to waiting
     async_to_sync(coord("done").close)()
 
-    assert ids(logged_in, "/sessions/?view=mine") == ["mine-1"]
+    assert ids(logged_in, "/sessions/?show=mine") == ["mine-1"]
     # "mine" is the logged-in user's, whatever owner the query names
-    assert ids(logged_in, "/sessions/?view=mine&agent=human:someone-else") == ["mine-1"]
-    assert sorted(ids(logged_in, "/sessions/?view=unassigned")) == ["free", "released"]
-    assert ids(logged_in, "/sessions/?view=pickup") == ["released"]
-    assert ids(logged_in, "/sessions/?view=pickup&status=closed") == []
-    body = logged_in.get("/sessions/?view=pickup").content.decode()
+    assert ids(logged_in, "/sessions/?show=mine&agent=human:someone-else") == ["mine-1"]
+    assert sorted(ids(logged_in, "/sessions/?show=unassigned")) == ["free", "released"]
+    assert ids(logged_in, "/sessions/?show=pickup") == ["released"]
+    assert ids(logged_in, "/sessions/?show=pickup&status=closed") == []
+    body = logged_in.get("/sessions/?show=pickup").content.decode()
     assert 'aria-current="page">Waiting for pickup' in body
-    assert 'href="/sessions/?view=mine"' in body and 'hx-get="/sessions/?view=mine"' in body
+    # the live socket stays the list's (its own "view" parameter is not overridden) and
+    # carries the view, so live rows are filtered like the page
+    socket = re.search(r'ws-connect="([^"]*)"', body).group(1).replace("&amp;", "&")
+    assert socket.count("view=") == 1 and "view=list" in socket and "show=pickup" in socket
+    assert 'href="/sessions/?show=mine"' in body and 'hx-get="/sessions/?show=mine"' in body
 
 
 def test_search_inside_event_text_is_case_insensitive_and_bounded(logged_in, coord, monkeypatch):
@@ -131,15 +135,15 @@ def test_search_inside_event_text_is_case_insensitive_and_bounded(logged_in, coo
         "sort=%27%3B%20DROP%20TABLE%20sessions%3B--",
         "sort=" + "x" * 100_000,
         "sort=session%00",
-        "view=all%27%20OR%201%3D1",
-        "view=%ED%A0%80",
+        "show=all%27%20OR%201%3D1",
+        "show=%ED%A0%80",
         "text=" + "a" * 10_000,
         "sort=session&cursor=" + "%5B" * 5000,
         "sort=session&cursor=%5B%22session%22%2C5%5D",  # ["session",5]: not a name
         "sort=activity&cursor=%5B%22-activity%22%2C0%2C1%2C%22x%22%5D",  # another order's
         "sort=activity&cursor=%5B%22activity%22%2C0%2C%22NaN%22%2C%22x%22%5D",
         "sort=activity&cursor=%5B%22activity%22%2C99%2C1%2C%22x%22%5D",  # no such set
-        "view=mine&sort=status&cursor=%5B%22status%22%2Ctrue%5D",
+        "show=mine&sort=status&cursor=%5B%22status%22%2Ctrue%5D",
     ],
 )
 def test_hostile_parameters_are_a_400_with_a_message(logged_in, coord, query):
