@@ -193,7 +193,12 @@ def counter_families(counters: dict[str, int]) -> list:
         "Times a dashboard process found Redis unavailable",
         value=counters.get("redis_errors", 0) + redis_failures.unreported,
     )
-    return [events, claims, interventions, errors]
+    cutoffs = CounterMetricFamily(
+        "coordinator_websocket_cutoffs",
+        "Websockets closed (1013) because their client stopped reading and the outbox filled",
+        value=counters.get("websocket_cutoffs", 0),
+    )
+    return [events, claims, interventions, errors, cutoffs]
 
 
 def _authorized(request: HttpRequest) -> bool:

@@ -69,3 +69,11 @@ async def count_intervention(index: SessionIndex, action: str, outcome: str) -> 
         await index.add_to_counter(f"interventions:{action}:{outcome}")
     except RedisUnavailable:
         pass
+
+
+async def count_slow_client_cutoff(index: SessionIndex) -> None:
+    """A websocket closed because its client stopped reading (its outbox was full)."""
+    try:
+        await index.add_to_counter("websocket_cutoffs")
+    except RedisUnavailable:
+        pass

@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
 from coordination.core import RedisUnavailable
 from coordination.devtools.processes import free_port
-from coordination.platform.telemetry import open_websockets, report
+from coordination.platform.telemetry import count_slow_client_cutoff, open_websockets, report
 from coordination.realtime.routing import websocket_urlpatterns
 from coordinator_site.lifespan import LifespanRelay
 
@@ -163,3 +163,13 @@ def test_escalations_by_queue_and_over_their_sla(client, settings, redis_url, na
     assert value(body, 'coordinator_escalations_waiting{queue="default"}') == 1
     assert value(body, 'coordinator_escalations_over_sla{queue="vip"}') == 2
     assert value(body, 'coordinator_escalations_over_sla{queue="default"}') == 0
+
+
+def test_slow_client_cutoffs_are_counted_for_every_process(client, settings, redis_url, namespace):
+    # The consumer counts each 1013 cut-off (tests/reliability/test_size_bounds.py cuts a real
+    # client off); here: the shared counter reaches the scrape, whichever process answers.
+    index = SessionIndex(redis_url, namespace=namespace)
+    before = value(scrape(client, settings), "coordinator_websocket_cutoffs_total")
+    async_to_sync(count_slow_client_cutoff)(index)
+    async_to_sync(count_slow_client_cutoff)(index)
+    assert value(scrape(client, settings), "coordinator_websocket_cutoffs_total") == before + 2
