@@ -84,12 +84,29 @@ REFUND_LIMIT = 100.0  # dollars; a larger refund waits for a supervisor's approv
 # stops it within this time, and it renews its claim meanwhile.
 APPROVAL_CHECK_SECONDS = 1.0
 _REFUND_MARK = re.compile(r"\[refund order=(\S+) amount=([0-9.]+)\]")
-_EDITED = re.compile(r"these arguments: (\{.*?\})\. Call refund again")
+_EDITED_HEAD = "approved this call only with these arguments: "
+_EDITED_TAIL = ". Call refund again"
 
 
 def refund_mark(order_id: str, amount: float) -> str:
     """The line a specialist's input carries while a refund is still to be made."""
     return f"[refund order={order_id} amount={amount:.2f}]"
+
+
+def edited_arguments(text: str) -> dict | None:
+    """The arguments a supervisor approved instead of the model's, from the text the model
+    reads (``rejection_text``); None unless they are a JSON object. The supervisor's message
+    may follow and may contain anything, so each place the sentence could end is tried."""
+    body = text.split(_EDITED_HEAD, 1)[1]
+    end = body.find(_EDITED_TAIL)
+    while end != -1:
+        try:
+            value = json.loads(body[:end])
+        except ValueError:
+            end = body.find(_EDITED_TAIL, end + 1)
+            continue
+        return value if isinstance(value, dict) else None
+    return None
 
 
 def demo_reply(instructions: str, text: str) -> str | ToolCall:
@@ -103,9 +120,11 @@ def demo_reply(instructions: str, text: str) -> str | ToolCall:
             "I could not get your refund approved in time. I am passing your case to a "
             "colleague who will get back to you."
         )
-    edited = _EDITED.search(text)
-    if text.startswith("A human supervisor") and edited:
-        return ToolCall("refund", json.loads(edited.group(1)))
+    if text.startswith("A human supervisor") and _EDITED_HEAD in text:
+        edited = edited_arguments(text)
+        if edited is None:
+            return "I am sorry, I cannot make this refund with the amount our supervisor set."
+        return ToolCall("refund", edited)
     if text.startswith("A human supervisor"):
         _, _, message = text.partition("rejected this tool call")
         message = message.lstrip(":. ").strip()
