@@ -28,6 +28,7 @@ from coordination.dashboard.fragments import (
     SESSIONS_PAGE,
     TIMELINE_PAGE,
     SessionFilters,
+    dom_id,
     event_context,
     overview_context,
     recent_audit,
@@ -97,6 +98,10 @@ async def sessions(request: HttpRequest) -> HttpResponse:
         and filters.effective_sort == session_list.DEFAULT_SORT
         and not filters.text,
         "ws_query": filters.query_string(cursor=None),
+        # the rows the live socket may redraw or delete (see SessionsConsumer)
+        "shown_rows": ",".join(
+            dom_id(s.session_id).removeprefix("session-") for s in page.sessions
+        ),
         "statuses": ("active", "waiting", "escalated", "human", "closed"),
         "can_intervene": await _can_intervene(request),
         "bulk_actions": BULK_ACTIONS.items(),

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import json
 import logging
+import re
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -222,6 +223,10 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
                 return
 
 
+MAX_SHOWN_ROWS = 5000  # rows a list page is told about (a page of 50 grows by live rows)
+_ROW_DIGEST = re.compile(r"[0-9a-f]{20}")
+
+
 class SessionsConsumer(LoginRequiredConsumer):
     """The overview and the sessions list: coalesced ``sessions.changed`` notices from the relay."""
 
@@ -234,6 +239,11 @@ class SessionsConsumer(LoginRequiredConsumer):
         self.view = "list" if query.get("view") == "list" else "overview"
         self.filters = SessionFilters.from_query(query)
         self.first_page = query.get("first") == "1"
+        # The list's rows on the page (digests of their DOM ids, sent by the page): a push
+        # deletes or redraws only those; an out-of-band swap whose target the page lacks is a
+        # console error (htmx:oobErrorNoTarget) on every event of a session not listed there.
+        digests = query.get("rows", "").split(",")[:MAX_SHOWN_ROWS]
+        self.shown = {f"session-{d}" for d in digests if _ROW_DIGEST.fullmatch(d)}
         self.index = session_index()
         await self.channel_layer.group_add(SESSIONS_GROUP, self.channel_name)
         await self.accept()
@@ -264,13 +274,17 @@ class SessionsConsumer(LoginRequiredConsumer):
         removed, on_top, in_place = [], [], []
         for summary in sorted(summaries, key=lambda s: s.last_activity or 0, reverse=True):
             row_id = dom_id(summary.session_id)
-            if not self.filters.matches(summary) or self.first_page:
+            matches = self.filters.matches(summary)
+            if row_id in self.shown and (not matches or self.first_page):
                 removed.append(render_to_string(PUSH + "row-removed", {"row_id": row_id}))
-            if not self.filters.matches(summary):
+                self.shown.discard(row_id)
+            if not matches:
                 continue
             if self.first_page:  # newest activity first
                 on_top.append(render_session_row(summary, can_intervene=self.can_intervene))
-            else:
+                if len(self.shown) < MAX_SHOWN_ROWS:
+                    self.shown.add(row_id)
+            elif row_id in self.shown:
                 in_place.append(
                     render_session_row(summary, oob="true", can_intervene=self.can_intervene)
                 )

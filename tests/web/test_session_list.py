@@ -7,9 +7,15 @@ import re
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
 
 from coordination import AgentCoordinator, AtomicOperations, EventType
 from coordination.dashboard import session_list, views
+from coordination.dashboard.fragments import dom_id
+from coordination.realtime.groups import SESSIONS_GROUP
+from coordination.realtime.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db
 
@@ -173,3 +179,54 @@ def test_odd_but_harmless_parameters_are_ignored_or_matched_literally(
     response = logged_in.get(f"/sessions/?{query}")
     assert response.status_code == 200
     assert ("s-1" in ROW.findall(response.content.decode())) is listed
+
+
+# transactional: the consumer's database_sync_to_async closes the connection it finds (see
+# tests/web/test_interventions.py)
+@pytest.mark.django_db(transaction=True)
+def test_live_pushes_touch_only_rows_the_page_shows(supervisor, coord):
+    for name in ("a-1", "b-2"):
+        async_to_sync(coord(name).publish)(EventType.MESSAGE, {})
+    shown = dom_id("a-1").removeprefix("session-")
+
+    async def changed(ids):
+        await get_channel_layer().group_send(
+            SESSIONS_GROUP, {"type": "sessions.changed", "ids": ids}
+        )
+
+    async def connect(query):
+        socket = WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/sessions/?{query}")
+        socket.scope["user"] = supervisor
+        connected, _ = await socket.connect()
+        assert connected
+        return socket
+
+    async def scenario():
+        # a page sorted by id, showing a-1 only: b-2's change is not pushed (the page has no
+        # row to swap: htmx:oobErrorNoTarget), a-1's is redrawn in place
+        page = await connect(f"view=list&sort=session&rows={shown}")
+        try:
+            await changed(["b-2"])
+            await changed(["a-1"])
+            frame = await page.receive_from(timeout=10)
+            assert 'data-session-id="a-1"' in frame and 'hx-swap-oob="true"' in frame
+            assert "b-2" not in frame
+        finally:
+            await page.disconnect()
+        # the newest-first page: rows go on top; only a row it shows is deleted first
+        page = await connect(f"view=list&first=1&rows={shown}")
+        try:
+            await changed(["b-2"])
+            frame = await page.receive_from(timeout=10)
+            assert frame.startswith('<tbody hx-swap-oob="afterbegin:#session-rows">')
+            assert 'data-session-id="b-2"' in frame
+            await changed(["a-1"])
+            deleted = await page.receive_from(timeout=10)
+            assert deleted == f'<tr id="{dom_id("a-1")}" hx-swap-oob="delete"></tr>'
+            assert 'data-session-id="a-1"' in await page.receive_from(timeout=10)
+            await changed(["b-2"])  # on the page now (pushed on top): deleted before it moves
+            assert dom_id("b-2") in await page.receive_from(timeout=10)
+        finally:
+            await page.disconnect()
+
+    async_to_sync(scenario)()
