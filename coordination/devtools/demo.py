@@ -83,7 +83,7 @@ REFUND_LIMIT = 100.0  # dollars; a larger refund waits for a supervisor's approv
 # How often a specialist waiting for a decision looks up: a takeover, a release or a close
 # stops it within this time, and it renews its claim meanwhile.
 APPROVAL_CHECK_SECONDS = 1.0
-_REFUND_MARK = re.compile(r"\[refund order=(\S+) amount=([0-9.]+)\]")
+_REFUND_MARK = re.compile(r"\[refund order=([^\s\]]+) amount=([0-9]{1,9}(?:\.[0-9]{1,2})?)\]")
 _EDITED_HEAD = "approved this call only with these arguments: "
 _EDITED_TAIL = ". Call refund again"
 
@@ -130,7 +130,8 @@ def demo_reply(instructions: str, text: str) -> str | ToolCall:
         message = message.lstrip(":. ").strip()
         because = f" Our supervisor says: {message}" if message else ""
         return f"I am sorry, I cannot make this refund.{because}"
-    mark = _REFUND_MARK.search(text)
+    # the last mark: the specialist appends it after what people wrote (which may hold one)
+    mark = next(reversed(list(_REFUND_MARK.finditer(text))), None)
     if mark and "billing" in instructions.lower():
         return ToolCall(
             "refund",
