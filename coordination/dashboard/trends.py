@@ -58,6 +58,7 @@ SERIES_LABELS = {
 LABEL_KINDS = {
     "agent_events": "events by agent (the event's source)",
     "queue_escalations": "escalations by queue",
+    "agent_escalations": "escalations by agent (who escalated)",
     "queue_sla_breaches": "SLA breaches by queue",
     "supervisor_takeovers": "takeovers by supervisor",
 }
@@ -145,6 +146,7 @@ for _, e in ipairs(entries) do
     if etype == 'escalated' then
       count(ms, 'escalations')
       label(ms, 'queue_escalations', queue)
+      label(ms, 'agent_escalations', agent)
       -- the first escalation's time counts, as the core's queue keeps it
       if redis.call('SET', P .. 'esc:' .. digest, e[3] .. '|' .. e[8] .. '|' .. queue, 'NX', 'EX', STATE_TTL) then
         redis.call('DEL', P .. 'breach:' .. digest)

@@ -170,6 +170,7 @@ def test_hostile_parameters_are_a_400_with_a_message(logged_in, coord, query):
         ("q=%ED%A0%80&sort=session", False),
         ("agent=%F0%9F%98%80&sort=status&text=x", False),
         ("status=bogus&sort=-status", True),  # an unknown status is ignored, as before
+        ("text=%3Cscript%3Ealert(1)%3C%2Fscript%3E", False),  # shown back escaped
     ],
 )
 def test_odd_but_harmless_parameters_are_ignored_or_matched_literally(
@@ -179,6 +180,7 @@ def test_odd_but_harmless_parameters_are_ignored_or_matched_literally(
     response = logged_in.get(f"/sessions/?{query}")
     assert response.status_code == 200
     assert ("s-1" in ROW.findall(response.content.decode())) is listed
+    assert "<script>alert(1)" not in response.content.decode()
 
 
 # transactional: the consumer's database_sync_to_async closes the connection it finds (see

@@ -81,6 +81,7 @@ async def test_the_relay_counts_a_known_set_of_events_exactly_once(
     labels = await trends.read_labels(index, 24)
     assert dict(labels["agent_events"]) == {"agent-a": 4, "human:sup": 2, "agent-b": 1}
     assert dict(labels["queue_escalations"]) == {"vip": 1, "(default)": 1}
+    assert dict(labels["agent_escalations"]) == {"agent-a": 1, "agent-b": 1}
     assert dict(labels["supervisor_takeovers"]) == {"human:sup": 1}
 
     # t-2 waits past its 50 ms SLA: the scan counts the breach once, however often it runs
