@@ -27,6 +27,7 @@ from coordination.platform.core_clients import atomic_operations, coordinator, s
 from coordination.platform.display import humanize_age
 from coordination.platform.telemetry import count_intervention
 from coordination.realtime.groups import announce_audit
+from coordination.supervision.colleagues import colleague_holds
 from coordination.supervision.limits import MAX_TEXT
 
 audit_log = logging.getLogger("coordination.audit")
@@ -110,6 +111,12 @@ async def _perform(actor: Actor, action: str, session_id: str, operation, detail
         await _record(index, actor, action, session_id, None, None, "refused", "unknown session")
         raise InterventionRefused(f"Session {session_id!r} does not exist (or has expired).")
     try:
+        holder = colleague_holds(action, before, actor.name)
+        if holder is not None:  # the page does not offer it; bulk and the API are refused here
+            raise InterventionRefused(
+                f"Taken over by {holder.removeprefix('human:')} {_ago(before.taken_at)}. "
+                "Only they act on it until they hand it back; you can add a note."
+            )
         message = await operation(before)
     except InterventionRefused as exc:
         await _record(index, actor, action, session_id, snapshot(before), None, "refused", str(exc))

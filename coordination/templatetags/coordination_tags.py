@@ -17,6 +17,7 @@ from coordination.platform.display import (
     json_text,
     payload_display,
 )
+from coordination.supervision.colleagues import offered_actions as _offered_actions
 from coordination.supervision.sla import is_over_sla, sla_deadline, sla_seconds
 
 register = template.Library()
@@ -51,6 +52,13 @@ def reltime(timestamp: float | None) -> str:
         int(timestamp * 1000),
         humanize_age(time.time() - timestamp),
     )
+
+
+@register.filter
+def offered_actions(summary: SessionSummary, me: str) -> frozenset[str]:
+    """What the session page offers ``me`` (supervision/colleagues.py: the rule bulk actions
+    and the API enforce)."""
+    return _offered_actions(summary, me or "")
 
 
 @register.filter

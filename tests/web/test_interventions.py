@@ -295,7 +295,7 @@ def test_other_pages_of_the_session_get_its_audit_trail_live(sup_client, supervi
                 while 'id="session-audit"' not in text:
                     text = await page.receive_from(timeout=10)
             assert 'hx-swap-oob="true"' in text
-            assert "<td>sup</td><td>Take over</td>" in text
+            assert '<td data-label="Who">sup</td><td data-label="Action">Take over</td>' in text
         finally:
             await page.disconnect()
 
