@@ -82,9 +82,11 @@ def test_script_in_agent_data_is_shown_as_text_and_never_runs(asgi_server, page_
     page.locator("#timeline .event summary").first.click()
     expect(page.locator("#timeline .event pre").first).to_contain_text("<script>alert(1)</script>")
     expect(page.locator("#session-state")).to_contain_text("<img src=x")
-    page.goto(f"{asgi_server.url}/sessions/")
-    assert page.dialogs == []
     assert page.locator("#timeline img, #session-state img").count() == 0
+    page.goto(f"{asgi_server.url}/sessions/")
+    expect(page.locator("#session-rows tr", has_text=sid)).to_have_count(1)
+    assert page.locator("img[src='x']").count() == 0
+    assert page.dialogs == []
 
 
 def test_anonymous_http_and_websocket_are_refused(asgi_server, page_factory, core):

@@ -3,6 +3,7 @@ are covered automatically: login required, viewers refused, hostile input never 
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import subprocess
@@ -10,19 +11,23 @@ import sys
 from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Group
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from coordination import AgentCoordinator, EventType
 from coordination.realtime.routing import websocket_urlpatterns
 
 from ..web.conftest import coordination_settings, supervisor, viewer  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
-PUBLIC = {"login", "healthz", "logout"}  # logout is POST-only and harmless anonymously
+# logout: POST-only, harmless anonymously; index: /api/v1/, a discovery document (title, version,
+# where the docs and the schema are), public like any API root
+PUBLIC = {"login", "healthz", "logout", "favicon", "index", "api-root"}
 HOSTILE_IDS = [
     "nope",
     "{x}:y:z",
@@ -51,6 +56,8 @@ SLUGS = [
     "%00",
 ]
 
+REAL_ACTIONS = SLUGS[: SLUGS.index("explode")]
+
 
 def walk(patterns=None, prefix="", names=()):
     """(route, url name) for every URL pattern."""
@@ -61,12 +68,12 @@ def walk(patterns=None, prefix="", names=()):
             yield prefix + str(p.pattern), p.name or ""
 
 
-def sample_urls(route: str, ids=("s-1",)) -> list[str]:
+def sample_urls(route: str, ids=("s-1",), slugs=SLUGS) -> list[str]:
     if route.startswith("^") or "(?P" in route:  # the admin's regex routes
         route = re.sub(r"\(\?P<(\w+)>[^)]*\)", "1", route).strip("^$").replace("\\", "")
     urls = []
     for session_id in ids:
-        for slug in SLUGS if "<slug:" in route else ["x"]:
+        for slug in slugs if "<slug:" in route else ["x"]:
             url = re.sub(r"<(?:path|sid):\w+>", session_id, route)
             url = re.sub(r"<slug:\w+>", slug, url)
             url = re.sub(r"<int:\w+>", "1", url)
@@ -75,28 +82,54 @@ def sample_urls(route: str, ids=("s-1",)) -> list[str]:
     return sorted(set(urls))
 
 
-def test_every_route_requires_login(client, figures):
+def test_every_route_requires_login(client, coordination_settings, supervisor, figures):  # noqa: F811
+    # Every id in the walk exists (a session with events, state and a pending approval, a saved
+    # filter, a user): a 404 for a missing object would hide a missing login check.
+    from coordination.models import SavedFilter
+
+    async def existing_session():
+        coord = AgentCoordinator(
+            "s-1",
+            coordination_settings.REDIS_URL,
+            namespace=coordination_settings.COORDINATION_NAMESPACE,
+        )
+        await coord.publish(EventType.MESSAGE, {"text": "hello"})
+        await coord.set_state("k", 1)
+        return await coord.request_approval("refund", {"amount": 1}, agent_id="a")
+
+    approval = async_to_sync(existing_session)()
+    saved = SavedFilter.objects.create(user=supervisor, name="mine", query="status=active")
     tried = 0
+    answered = collections.Counter()
     for route, name in walk():
         if name in PUBLIC:
             continue
-        for url in sample_urls(route):
+        if not name and route.startswith("api/"):
+            continue  # the API's catch-all: a JSON 404 for paths that are no endpoint
+        route = route.replace("<int:pk>", str(saved.pk)).replace("<action>", "take-over")
+        route = route.replace("<approval_id>", approval.approval_id)
+        for url in sample_urls(route, slugs=REAL_ACTIONS):
             for method in ("get", "post"):
                 response = getattr(client, method)(url)
                 tried += 1
-                # the JSON API answers 401 itself: it takes bearer tokens, not the login
-                allowed = (401, 404, 405) if url.startswith("/api/") else (301, 302, 403, 404, 405)
-                assert response.status_code in allowed, (
-                    method,
-                    url,
-                    response.status_code,
-                )
+                answered[response.status_code] += 1
+                # pages send anonymous users to a login page; the JSON API takes bearer tokens,
+                # not the login, and answers 401 itself (405 for a method it does not offer);
+                # /metrics takes a staff login or its bearer token and answers 403 otherwise
+                if url.startswith("/api/"):
+                    allowed = (401, 405)
+                elif url == "/metrics":
+                    allowed = (403, 405)
+                else:
+                    allowed = (302,)
+                assert response.status_code in allowed, (method, url, response.status_code)
                 if response.status_code == 302:
                     assert "/login/" in response["Location"], (url, response["Location"])
     figures(
         "anonymous access",
         f"{tried} requests to every route of the URL conf",
-        "0 answered with content; all redirected to login or refused",
+        "0 answered with content; all redirected to login or refused: "
+        + ", ".join(f"{n}x {code}" for code, n in sorted(answered.items())),
     )
     assert tried > 20
 
@@ -133,9 +166,15 @@ def test_hostile_input_never_gives_a_server_error(client, supervisor, django_use
         {"text": "\x00"},
         {"to_agent": "{bad}\n"},
         {"expected_owner": "<b>"},
-        {"count": "2", "key-0": "k", "value-0": "{not json", "version-0": "x"},
-        {"count": "-1"},
-        {"new_key": "k", "new_value": "NaN"},
+        # the admin's state editor (coordination/admin.py): a formset and a "new" form
+        {
+            "state-TOTAL_FORMS": "2",
+            "state-0-key": "k",
+            "state-0-value": "{not",
+            "state-0-version": "x",
+        },
+        {"state-TOTAL_FORMS": "-1", "state-INITIAL_FORMS": "0"},
+        {"new-key": "k", "new-value": "NaN"},
         {"cursor": "[[[["},
     ]
     queries = [
