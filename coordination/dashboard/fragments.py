@@ -114,7 +114,11 @@ class SessionFilters:
             and (self.prefix is None or summary.session_id.startswith(self.prefix))
             and (
                 self.view != "unassigned"
-                or (summary.owner is None and summary.controller is None and summary.status != "closed")
+                or (
+                    summary.owner is None
+                    and summary.controller is None
+                    and summary.status != "closed"
+                )
             )
         )
 
