@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test test-stress lint format bench bench-full browser clean
+.PHONY: run test test-stress lint format bench bench-full browser system-tools clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,16 +22,25 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 run: $(VENV)/.installed-run
 	$(PY) manage.py serve
 
-# Debian's Chromium drives the browser tests (Playwright never downloads a browser here).
-browser:
-	@if [ ! -x /usr/bin/chromium ]; then \
+# What the suite needs from the system: Debian's Chromium for the browser tests (Playwright never
+# downloads a browser here), redis-server (built with TLS) and openssl for the TLS tests.
+# Installed with apt when missing and running as root; otherwise named, and the run stops.
+SYSTEM_TOOLS := /usr/bin/chromium:chromium redis-server:redis-server openssl:openssl
+system-tools:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  tool=$${pair%%:*}; package=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
-	    echo "Installing Debian's chromium for the browser tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    echo "Installing$$missing for the test suite"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "error: /usr/bin/chromium is missing; install it with: sudo apt-get install chromium" >&2; exit 1; \
+	    echo "error: the test suite needs$$missing; install with: sudo apt-get install$$missing" >&2; exit 1; \
 	  fi; \
 	fi
+
+browser: system-tools
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
@@ -41,13 +50,13 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: $(VENV)/.installed-test browser lint
+test: $(VENV)/.installed-test system-tools lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Hunt flakes: N rounds of the suite (or a part), under load; each failure with its seed.
 # e.g. make test-stress STRESS="--runs 3 --load 1 --beside -- tests/core tests/web"
 STRESS ?= --runs 5 --load 1
-test-stress: $(VENV)/.installed-test browser
+test-stress: $(VENV)/.installed-test system-tools
 	$(PY) -m tests.stress $(STRESS)
 
 bench: $(VENV)/.installed-test
