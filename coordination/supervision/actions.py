@@ -19,7 +19,7 @@ async def dispatch(action: str, actor: Actor, session_id: str, form) -> str:
     """Run one intervention named as in the URLs; ``form`` is the POST data (or a dict)."""
     match action:
         case "take-over":
-            return await interventions.take_over(actor, session_id)
+            return await interventions.take_over(actor, session_id, form.get("reason"))
         case "hand-back":
             return await interventions.hand_back(
                 actor,
@@ -29,18 +29,25 @@ async def dispatch(action: str, actor: Actor, session_id: str, form) -> str:
                 form.get("resolution"),
             )
         case "release":
-            return await interventions.release(actor, session_id, form.get("expected_owner"))
+            return await interventions.release(
+                actor, session_id, form.get("expected_owner"), form.get("reason")
+            )
         case "reassign":
             to_agent = form.get("to_agent_typed", "").strip() or form.get("to_agent", "")
             return await interventions.reassign(
-                actor, session_id, to_agent, form.get("expected_owner"), _ticked(form.get("force"))
+                actor,
+                session_id,
+                to_agent,
+                form.get("expected_owner"),
+                _ticked(form.get("force")),
+                form.get("reason"),
             )
         case "reply":
             return await interventions.reply(actor, session_id, form.get("text", ""))
         case "note":
             return await interventions.add_note(actor, session_id, form.get("text", ""))
         case "close":
-            return await interventions.close(actor, session_id)
+            return await interventions.close(actor, session_id, form.get("reason"))
     raise UnknownAction(f"unknown action {action[:40]!r}")
 
 

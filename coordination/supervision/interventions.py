@@ -28,7 +28,7 @@ from coordination.platform.display import humanize_age
 from coordination.platform.telemetry import count_intervention
 from coordination.realtime.groups import announce_audit
 from coordination.supervision.colleagues import colleague_holds
-from coordination.supervision.limits import MAX_TEXT
+from coordination.supervision.limits import MAX_REASON, MAX_TEXT
 
 audit_log = logging.getLogger("coordination.audit")
 
@@ -99,8 +99,16 @@ async def _record(
     await announce_audit(session_id)
 
 
-async def _perform(actor: Actor, action: str, session_id: str, operation, detail: str = "") -> str:
-    """Run ``operation``, audit it (done or refused), and return the message for the page."""
+async def _perform(
+    actor: Actor,
+    action: str,
+    session_id: str,
+    operation,
+    detail: str = "",
+    reason: str | None = None,
+) -> str:
+    """Run ``operation``, audit it (done or refused), and return the message for the page.
+    ``reason`` (the supervisor's why, optional) is kept in the audit entry's detail."""
     index = session_index()
     try:
         validate_session_id(session_id)
@@ -126,15 +134,11 @@ async def _perform(actor: Actor, action: str, session_id: str, operation, detail
         await _record(index, actor, action, session_id, snapshot(before), None, "refused", refusal)
         raise InterventionRefused(refusal) from exc
     after = await index.get_session(session_id)
+    detail = detail or message
+    if reason:
+        detail = f"{detail} Reason: {reason}"
     await _record(
-        index,
-        actor,
-        action,
-        session_id,
-        snapshot(before),
-        snapshot(after),
-        "done",
-        detail or message,
+        index, actor, action, session_id, snapshot(before), snapshot(after), "done", detail
     )
     return message
 
@@ -177,17 +181,30 @@ def _agent(value: str) -> str:
         raise InterventionRefused(f"Agent id: {exc}") from None
 
 
+def _reason(value: str | None) -> str | None:
+    """The optional "why" of a take-over, release, reassign or close."""
+    text = (value or "").strip()
+    if len(text) > MAX_REASON:
+        raise InterventionRefused(
+            f"The reason is {len(text)} characters; the limit is {MAX_REASON}."
+        )
+    return text or None
+
+
 def _expected(value: str | None) -> str | None:
     """A form's hidden "what the page showed" value: absent means "do not check"."""
     return None if value is None else value.strip()
 
 
-async def take_over(actor: Actor, session_id: str) -> str:
+async def take_over(actor: Actor, session_id: str, reason: str | None = None) -> str:
+    why = _reason(reason)
+
     async def op(before):
-        took = await coordinator(session_id).take_over(actor.name)
+        # the reason travels in the human_takeover event (agents and the timeline see it)
+        took = await coordinator(session_id).take_over(actor.name, reason=why)
         return "You now control this session." if took else "You already control this session."
 
-    return await _perform(actor, AuditEntry.Action.TAKE_OVER, session_id, op)
+    return await _perform(actor, AuditEntry.Action.TAKE_OVER, session_id, op, reason=why)
 
 
 async def hand_back(
@@ -219,8 +236,12 @@ async def hand_back(
     return await _perform(actor, AuditEntry.Action.HAND_BACK, session_id, op)
 
 
-async def release(actor: Actor, session_id: str, expected_owner: str | None) -> str:
+async def release(
+    actor: Actor, session_id: str, expected_owner: str | None, reason: str | None = None
+) -> str:
     expected = _expected(expected_owner)
+    # the core's release event has no reason field: the reason is kept in the audit trail
+    why = _reason(reason)
 
     async def op(before):
         ops = atomic_operations()
@@ -231,7 +252,7 @@ async def release(actor: Actor, session_id: str, expected_owner: str | None) -> 
             raise InterventionRefused("Nobody holds a claim on this session.")
         return "Released the claim."
 
-    return await _perform(actor, AuditEntry.Action.RELEASE, session_id, op)
+    return await _perform(actor, AuditEntry.Action.RELEASE, session_id, op, reason=why)
 
 
 async def agent_last_seen(agent_id: str) -> float | None:
@@ -247,11 +268,13 @@ async def reassign(
     to_agent: str,
     expected_owner: str | None,
     force: bool = False,
+    reason: str | None = None,
 ) -> str:
     """Give the session's claim to ``to_agent``. Only agents the index knows (online or stale)
     are accepted unless ``force``: a typo would otherwise leave the session with an owner that
     never comes. An escalated session stays in the escalation queue until the agent takes it up."""
     target = _agent(to_agent)
+    why = _reason(reason)  # kept in the audit trail (the core's reassign event has no reason)
 
     async def op(before):
         if not force and await agent_last_seen(target) is None:
@@ -270,7 +293,7 @@ async def reassign(
         return f"Reassigned to {target} (token {token}).{kept}"
 
     detail = f"to {target}" + (" (forced)" if force else "")
-    return await _perform(actor, AuditEntry.Action.REASSIGN, session_id, op, detail)
+    return await _perform(actor, AuditEntry.Action.REASSIGN, session_id, op, detail, why)
 
 
 async def reply(actor: Actor, session_id: str, text: str) -> str:
@@ -301,12 +324,15 @@ async def add_note(actor: Actor, session_id: str, text: str) -> str:
     return await _perform(actor, AuditEntry.Action.NOTE, session_id, op, body[:200])
 
 
-async def close(actor: Actor, session_id: str) -> str:
+async def close(actor: Actor, session_id: str, reason: str | None = None) -> str:
+    why = _reason(reason)
+
     async def op(before):
-        await coordinator(session_id).close(by=actor.name, reason="closed by a supervisor")
+        # the reason travels in the session_closed event
+        await coordinator(session_id).close(by=actor.name, reason=why or "closed by a supervisor")
         return "Session closed."
 
-    return await _perform(actor, AuditEntry.Action.CLOSE, session_id, op)
+    return await _perform(actor, AuditEntry.Action.CLOSE, session_id, op, reason=why)
 
 
 async def claim_next_escalation(actor: Actor) -> tuple[str | None, str]:

@@ -9,5 +9,7 @@ from __future__ import annotations
 
 # A reply, note or hand-back resolution a supervisor writes (it reaches the agent).
 MAX_TEXT = 4000
+# The optional reason given for a take-over, release, reassign or close (the audit trail).
+MAX_REASON = 500
 # Sessions one bulk action may touch: each is its own audited step, all in one request.
 MAX_BULK = 100

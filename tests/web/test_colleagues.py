@@ -123,3 +123,53 @@ def test_the_api_refuses_the_same(supervisor, colleague, taken):
     # the colleague herself may act
     theirs = ApiToken.issue(colleague, "test")[1]
     assert _api(theirs, "/api/v1/interventions/hand-back/c-1", {}).status_code == 200
+
+
+# -- the reason given for take-over, release, reassign and close ------------------------------
+
+
+def test_a_reason_travels_to_the_event_and_the_audit_trail(
+    client, supervisor, redis_url, namespace
+):
+    from coordination import AtomicOperations
+
+    client.force_login(supervisor)
+    coord = AgentCoordinator("r-1", redis_url, namespace=namespace)
+    async_to_sync(coord.escalate)("help")
+    hostile = "<b>VIP</b> customer asked twice"
+
+    def act(action, **data):
+        return client.post(f"/act/{action}/r-1/", data, HTTP_HX_REQUEST="true").content.decode()
+
+    assert "You now control this session." in act("take-over", reason=hostile)
+    taken = [e for e in async_to_sync(coord.events)() if e.type is EventType.HUMAN_TAKEOVER][-1]
+    assert taken.data["reason"] == hostile
+    act("hand-back", to_agent="")
+    assert async_to_sync(AtomicOperations(redis_url, namespace=namespace).claim_handoff)(
+        "r-1", "billing"
+    )
+    act("release", expected_owner="billing", reason="agent is stuck")
+    body = act("close", reason="duplicate of r-0")
+    closed = async_to_sync(coord.events)()[-1]
+    assert closed.type is EventType.SESSION_CLOSED and closed.data["reason"] == "duplicate of r-0"
+    details = list(
+        AuditEntry.objects.filter(session_id="r-1").order_by("id").values_list("detail", flat=True)
+    )
+    assert details[0].endswith(f"Reason: {hostile}")
+    assert details[2].endswith("Reason: agent is stuck")
+    assert details[3].endswith("Reason: duplicate of r-0")
+    # shown in the audit trail, escaped
+    audit = body.split('id="session-audit"')[1].split("</section>")[0]
+    assert "Reason: duplicate of r-0" in audit and "&lt;b&gt;VIP&lt;/b&gt;" in audit
+    assert "<b>VIP</b>" not in audit
+
+
+def test_a_reason_too_long_is_refused(client, supervisor, redis_url, namespace):
+    client.force_login(supervisor)
+    coord = AgentCoordinator("r-2", redis_url, namespace=namespace)
+    async_to_sync(coord.escalate)("help")
+    body = client.post(
+        "/act/take-over/r-2/", {"reason": "x" * 501}, HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert "The reason is 501 characters; the limit is 500." in body
+    assert async_to_sync(coord.controller)() is None
