@@ -310,6 +310,79 @@
   document.addEventListener("htmx:afterSettle", filterTimeline);
   document.addEventListener("coordinator:polled", filterTimeline);
 
+  // Keyboard shortcuts on the session page: t takes over, r goes to the reply box, h to the
+  // hand-back form, ? lists them (Esc closes the list). Keys typed into a field are left alone.
+  var SHORTCUTS = [
+    ["t", "Take over the session"],
+    ["r", "Write a reply (when you control the session)"],
+    ["h", "Hand back (when you control the session)"],
+    ["?", "Show or hide this list"]
+  ];
+  var shortcutsHelp = null;
+  function toggleShortcuts(show) {
+    if (!shortcutsHelp) {
+      shortcutsHelp = document.createElement("section");
+      shortcutsHelp.className = "shortcuts-help";
+      shortcutsHelp.id = "shortcuts-help";
+      shortcutsHelp.setAttribute("role", "dialog");
+      shortcutsHelp.setAttribute("aria-label", "Keyboard shortcuts");
+      var title = document.createElement("strong");
+      title.textContent = "Keyboard shortcuts";
+      var list = document.createElement("dl");
+      SHORTCUTS.forEach(function (pair) {
+        var key = document.createElement("dt"), kbd = document.createElement("kbd");
+        kbd.textContent = pair[0];
+        key.appendChild(kbd);
+        var what = document.createElement("dd");
+        what.textContent = pair[1];
+        list.appendChild(key);
+        list.appendChild(what);
+      });
+      shortcutsHelp.appendChild(title);
+      shortcutsHelp.appendChild(list);
+      shortcutsHelp.hidden = true;
+      document.body.appendChild(shortcutsHelp);
+    }
+    shortcutsHelp.hidden = show === undefined ? !shortcutsHelp.hidden : !show;
+  }
+  function say(message) {
+    var result = document.getElementById("action-result");
+    if (result) {
+      result.className = "result result-error";
+      result.textContent = message;
+    }
+  }
+  function focusField(id, missing) {
+    var field = document.getElementById(id);
+    if (!field) return say(missing);
+    field.scrollIntoView({ block: "center" });
+    field.focus();
+  }
+  document.addEventListener("keydown", function (e) {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented) return;
+    var target = e.target;
+    if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName))) return;
+    if (!document.getElementById("session-actions")) return;
+    if (e.key === "Escape" && shortcutsHelp && !shortcutsHelp.hidden) {
+      toggleShortcuts(false);
+      return;
+    }
+    if (e.key === "?") {
+      toggleShortcuts();
+    } else if (e.key === "t") {
+      var form = document.querySelector('[data-shortcut-form="take-over"]');
+      if (!form) return say("Take over is not offered here (someone controls the session, or you may not act on it).");
+      form.requestSubmit();
+    } else if (e.key === "r") {
+      focusField("reply-text", "Replying needs control of the session: take it over first (t).");
+    } else if (e.key === "h") {
+      focusField("hb-agent", "Hand back is offered to the person who controls the session.");
+    } else {
+      return;
+    }
+    e.preventDefault();
+  });
+
   window.coordinator = {
     refreshTimes: refreshTimes, setLive: setLive, lastEventId: lastEventId,
     isPolling: function () { return polling !== null; },
