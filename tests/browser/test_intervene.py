@@ -84,15 +84,15 @@ def test_admin_state_edit_shows_up_live_and_stale_edit_is_refused(
     wait_live(watcher)
 
     admin = page_factory(asgi_server.url, "alice")
-    admin.goto(f"{asgi_server.url}/admin/coordination/auditentry/sessions/{sid}/state/")
-    admin.locator("textarea[name=value-0]").fill('{"steps": ["refund", "apologise"]}')
+    admin.goto(f"{asgi_server.url}/admin/coordination/sessions/{sid}/state/")
+    admin.locator("textarea[name=state-0-value]").fill('{"steps": ["refund", "apologise"]}')
     admin.get_by_role("button", name="Save").click()
     expect(admin.locator(".messagelist")).to_contain_text("Saved 1 change(s)")
     expect(watcher.locator("#session-state")).to_contain_text("apologise")
 
     # The admin page is now stale: an agent changes the key before the next save.
     core.run(sid, lambda c: c.set_state("plan", "agent-wins"))
-    admin.locator("textarea[name=value-0]").fill('"human-wins"')
+    admin.locator("textarea[name=state-0-value]").fill('"human-wins"')
     admin.get_by_role("button", name="Save").click()
     expect(admin.locator(".errorlist")).to_contain_text("Changed by someone else")
     assert core.run(sid, lambda c: c.get_state("plan")) == "agent-wins"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -32,28 +35,35 @@ def coord(redis_url, namespace):
 
 
 def form_for(page: str) -> dict:
-    """The hidden fields the editor rendered, as a browser would submit them."""
-    import re
+    """The fields the editor rendered, as a browser would submit them (boxes unticked)."""
+    fields = {}
+    for tag in re.findall(r"<input [^>]*>", page):
+        name = re.search(r'name="([^"]*)"', tag)
+        value = re.search(r'value="([^"]*)"', tag)
+        if name and 'type="checkbox"' not in tag and 'type="submit"' not in tag:
+            fields[name.group(1)] = html.unescape(value.group(1)) if value else ""
+    for name, text in re.findall(r'<textarea name="([^"]+)"[^>]*>\n?([^<]*)</textarea>', page):
+        fields[name] = html.unescape(text)
+    fields.pop("csrfmiddlewaretoken", None)
+    return fields
 
-    data = dict(re.findall(r'type="hidden" name="([^"]+)" value="([^"]*)"', page))
-    data.pop("csrfmiddlewaretoken", None)
-    for name, text in re.findall(
-        r'<textarea id="[^"]+" name="(value-\d+)"[^>]*>([^<]*)</textarea>', page, re.S
-    ):
-        data[name] = text.replace("&quot;", '"')
-    data = {k: v.replace("&quot;", '"') for k, v in data.items()}
-    return data
+
+def row_of(data: dict, key: str) -> str:
+    """The formset prefix of the row that edits ``key`` ("state-3")."""
+    for name, value in data.items():
+        if name.endswith("-key") and name.startswith("state-") and json.loads(value) == key:
+            return name[: -len("-key")]
+    raise AssertionError(f"no row for {key!r}")
 
 
 def test_sessions_list_and_state_edit_publishes_and_audits(staff, coord):
-    listing = staff.get("/admin/coordination/auditentry/sessions/").content.decode()
+    listing = staff.get("/admin/coordination/sessions/").content.decode()
     assert "s-admin" in listing and "Edit state" in listing
-    url = "/admin/coordination/auditentry/sessions/s-admin/state/"
+    url = "/admin/coordination/sessions/s-admin/state/"
     data = form_for(staff.get(url).content.decode())
-    index = {v: k.split("-")[1] for k, v in data.items() if k.startswith("key-")}
-    data[f"value-{index['plan']}"] = '{"steps": [1, 2]}'
-    data[f"delete-{index['count']}"] = "on"
-    data["new_key"], data["new_value"] = "owner_note", '"vip"'
+    data[f"{row_of(data, 'plan')}-value"] = '{"steps": [1, 2]}'
+    data[f"{row_of(data, 'count')}-delete"] = "on"
+    data["new-key"], data["new-value"] = "owner_note", '"vip"'
     response = staff.post(url, data)
     assert response.status_code == 302
     assert async_to_sync(coord.get_all_state)() == {"plan": {"steps": [1, 2]}, "owner_note": "vip"}
@@ -65,10 +75,9 @@ def test_sessions_list_and_state_edit_publishes_and_audits(staff, coord):
 
 
 def test_invalid_json_is_a_form_error(staff, coord):
-    url = "/admin/coordination/auditentry/sessions/s-admin/state/"
+    url = "/admin/coordination/sessions/s-admin/state/"
     data = form_for(staff.get(url).content.decode())
-    key = next(k for k, v in data.items() if v == "plan").split("-")[1]
-    data[f"value-{key}"] = "{not json"
+    data[f"{row_of(data, 'plan')}-value"] = "{not json"
     response = staff.post(url, data)
     assert response.status_code == 400
     assert "Not valid JSON" in response.content.decode()
@@ -76,11 +85,10 @@ def test_invalid_json_is_a_form_error(staff, coord):
 
 
 def test_stale_edit_is_refused_showing_both_values(staff, coord):
-    url = "/admin/coordination/auditentry/sessions/s-admin/state/"
+    url = "/admin/coordination/sessions/s-admin/state/"
     data = form_for(staff.get(url).content.decode())
     async_to_sync(coord.set_state)("plan", "B")  # an agent changes it meanwhile
-    key = next(k for k, v in data.items() if v == "plan").split("-")[1]
-    data[f"value-{key}"] = '"C"'
+    data[f"{row_of(data, 'plan')}-value"] = '"C"'
     body = staff.post(url, data).content.decode()
     assert (
         "Changed by someone else" in body
@@ -108,12 +116,12 @@ def test_audit_is_read_only_in_admin_and_pruned_by_command(staff, supervisor):
 
 
 def test_unknown_session_state_page_is_404(staff):
-    assert staff.get("/admin/coordination/auditentry/sessions/nope/state/").status_code == 404
+    assert staff.get("/admin/coordination/sessions/nope/state/").status_code == 404
 
 
 def test_state_page_escapes_values(staff, coord):
     async_to_sync(coord.set_state)("x", "</textarea><script>alert(1)</script>")
-    body = staff.get("/admin/coordination/auditentry/sessions/s-admin/state/").content.decode()
+    body = staff.get("/admin/coordination/sessions/s-admin/state/").content.decode()
     assert "<script>alert(1)</script>" not in body
 
 
@@ -124,14 +132,13 @@ def test_a_value_an_agent_wrote_around_the_core_is_shown_and_can_be_replaced(
     keys = coord.keys.session(coord.session_id)
     redis_sync.hset(keys.state, "plan", "not json <b>")
     redis_sync.hset(keys.versions, "count", "x")  # and a version that is not a number
-    url = "/admin/coordination/auditentry/sessions/s-admin/state/"
+    url = "/admin/coordination/sessions/s-admin/state/"
     page = staff.get(url)
     assert page.status_code == 200
     text = page.content.decode()
     assert "not json &lt;b&gt;" in text and "not JSON" in text and "<b>" not in text
     data = form_for(text)
-    index = {v: k.split("-")[1] for k, v in data.items() if k.startswith("key-")}
-    data[f"value-{index['plan']}"] = '"B"'
-    data[f"value-{index['count']}"] = "1"  # unchanged
+    data[f"{row_of(data, 'plan')}-value"] = '"B"'
+    data[f"{row_of(data, 'count')}-value"] = "1"  # unchanged
     assert staff.post(url, data).status_code == 302
     assert async_to_sync(coord.get_state)("plan") == "B"
