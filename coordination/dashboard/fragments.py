@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -32,8 +33,14 @@ from coordination.platform.display import (
     payload_query,
     short_text,
 )
-from coordination.supervision.escalations import OVERVIEW_QUEUE, queue_rows
+from coordination.supervision.escalations import (
+    OVERVIEW_QUEUE,
+    escalation_reason,
+    queue_rows,
+    sla_clock_text,
+)
 from coordination.supervision.pickup import overview_pickup_context, pickup_sla
+from coordination.supervision.sla import sla_deadline
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +267,19 @@ def render_session_row(
 async def header_context(session_id: str, summary: SessionSummary) -> dict[str, Any]:
     """What the session page's live header shows: the summary and the shared state."""
     problems: list[str] = []
-    (state, state_more), agents, approvals = await asyncio.gather(
+    (state, state_more), agents, approvals, reason = await asyncio.gather(
         tolerant(problems, "shared state", state_rows(session_id), ([], 0)),
         tolerant(problems, "agents", session_index().agents(limit=200), []),
         tolerant(problems, "approvals", session_approvals_context(session_id), {}),
+        escalation_reason(summary),
     )
+    deadline = sla_deadline(summary)
     return {
         **approvals,
+        # why it was escalated and what is left on its SLA clock (as on the overview)
+        "escalation_reason": reason,
+        "sla_deadline_ms": int(deadline * 1000) if deadline else None,
+        "sla_clock": sla_clock_text(deadline, time.time()),
         "index_problems": problems,
         "s": summary,
         "state": state,

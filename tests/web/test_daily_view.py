@@ -202,3 +202,17 @@ def test_saving_a_filter_under_a_taken_name_is_refused_unless_replace(logged_in)
     ).content.decode()
     assert "Replaced the filter &#x27;Mine&#x27;." in page
     assert SavedFilter.objects.get(name="Mine").query == "status=closed"
+
+
+def test_session_page_leads_with_the_escalation_reason_and_sla_clock(
+    logged_in, redis_url, namespace, settings
+):
+    settings.COORDINATION_ESCALATION_SLA = 600
+    _escalate(redis_url, namespace, "p-1", "<i>refund</i> over the limit")
+    summary = logged_in.get("/sessions/p-1/").content.decode().split('id="session-summary"')[1]
+    summary = summary.split("</section>")[0]
+    assert (
+        'Escalated because</dt><dd class="escalation-reason">&lt;i&gt;refund&lt;/i&gt; over the limit'
+        in summary
+    )
+    assert re.search(r'data-sla-clock="\d+">(9|10)m left<', summary)
