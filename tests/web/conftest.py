@@ -36,5 +36,14 @@ def viewer(db):
     return user
 
 
+@pytest.fixture
+def staff(client, django_user_model):
+    """A client signed in as a staff member of the supervisors (the admin's state editor)."""
+    user = django_user_model.objects.create_user("boss", password="pw-boss-123456", is_staff=True)
+    user.groups.add(Group.objects.get(name="supervisors"))
+    client.force_login(user)
+    return client
+
+
 # Every dashboard test runs on one Redis server and on a Redis Cluster.
 redis_url = pytest.fixture(params=["single", "cluster"])(redis_url_of_kind)

@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -17,14 +16,6 @@ from coordination import AgentCoordinator, EventType
 from coordination.models import AuditEntry
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def staff(client, django_user_model):
-    user = django_user_model.objects.create_user("boss", password="pw-boss-123456", is_staff=True)
-    user.groups.add(Group.objects.get(name="supervisors"))
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

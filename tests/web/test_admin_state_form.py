@@ -10,7 +10,6 @@ from urllib.parse import urlencode
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.contrib.auth.models import Group
 
 from coordination import AgentCoordinator
 from coordination.models import AuditEntry
@@ -20,14 +19,6 @@ from .test_admin import form_for, row_of
 pytestmark = pytest.mark.django_db
 
 URL = "/admin/coordination/sessions/s-form/state/"
-
-
-@pytest.fixture
-def staff(client, django_user_model):
-    user = django_user_model.objects.create_user("boss", password="pw-boss-123456", is_staff=True)
-    user.groups.add(Group.objects.get(name="supervisors"))
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
