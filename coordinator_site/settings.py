@@ -6,6 +6,7 @@ COORDINATION_* values below; see README.md for what each does.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
@@ -284,3 +285,7 @@ LOGGING = {
     # DEBUG); they reach the root's console handler instead (no ADMINS: no mail was sent anyway)
     "loggers": {"django": {"handlers": [], "level": "INFO", "propagate": True}},
 }
+# Python warnings (Django's among them: "StreamingHttpResponse must consume ...") go through
+# the same handler, in the same format, once; Django no longer routes them itself, so under
+# `make run` they came out as raw text between the JSON lines.
+logging.captureWarnings(True)

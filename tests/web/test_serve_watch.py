@@ -101,8 +101,9 @@ def test_serve_restarts_a_demo_fleet_that_died(tmp_path, redis_server_url):
 
 def _log_once(env: dict[str, str], stderr) -> None:
     code = (
-        "import django, logging; django.setup(); "
-        "logging.getLogger('django.request').warning('Not Found: /probe-%s', 'x')"
+        "import django, logging, warnings; django.setup(); "
+        "logging.getLogger('django.request').warning('Not Found: /probe-%s', 'x'); "
+        "warnings.warn('probe-w: a library warning')"
     )
     subprocess.run(
         [sys.executable, "-c", code],
@@ -143,7 +144,11 @@ def test_logs_are_text_on_a_terminal_json_otherwise_and_printed_once(tmp_path, t
         text = path.read_text()
     lines = [line for line in text.splitlines() if "probe-x" in line]
     assert len(lines) == 1, text  # once, not once per handler
+    warned = [line for line in text.splitlines() if "probe-w" in line]
+    assert len(warned) == 1, text  # a Python warning too, in the same format
     if terminal:
         assert " WARNING django.request: Not Found: /probe-x" in lines[0]
+        assert " WARNING py.warnings: " in warned[0]
     else:
         assert lines[0].startswith("{") and '"logger": "django.request"' in lines[0]
+        assert warned[0].startswith("{") and '"logger": "py.warnings"' in warned[0]
