@@ -61,6 +61,17 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    # No skips: a test that cannot run here is a failure under CI (a skipped test proves
+    # nothing, and "the browser was missing" must not turn a red run green).
+    report = yield
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which counts as a failure: {report.longrepr}"
+    return report
+
+
 def _reachable(url: str) -> bool:
     parts = urlsplit(url)
     try:
