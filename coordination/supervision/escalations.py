@@ -15,6 +15,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from django.conf import settings
+
 from coordination.core import CorruptStoredValue, EventType, SessionSummary
 from coordination.core.events import event_from_fields
 from coordination.platform.core_clients import coordinator
@@ -28,7 +30,7 @@ REASON_CHARS = 160
 # millisecond, or a racing writer, come first at most a few times)
 _SCAN = 10
 _CACHE_SIZE = 2048
-_reasons: OrderedDict[tuple[str, float], str | None] = OrderedDict()
+_reasons: OrderedDict[tuple[str, str, float], str | None] = OrderedDict()
 
 
 async def escalation_reason(summary: SessionSummary) -> str | None:
@@ -36,7 +38,8 @@ async def escalation_reason(summary: SessionSummary) -> str | None:
     it), or None when it gave none or the event is gone."""
     if not summary.escalated_at:
         return None
-    key = (summary.session_id, summary.escalated_at)
+    # the namespace too: one process may serve several (tests do)
+    key = (settings.COORDINATION_NAMESPACE, summary.session_id, summary.escalated_at)
     if key in _reasons:
         _reasons.move_to_end(key)
         return _reasons[key]
