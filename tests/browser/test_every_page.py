@@ -139,3 +139,33 @@ def test_every_page_fits_and_loads_cleanly(asgi_server, page_factory, core, sid,
     page.context.clear_cookies()
     check("/login/", "login")
     assert not report, "\n".join(report)
+
+
+@pytest.mark.parametrize("width", WIDTHS, ids=list(WIDTHS))
+def test_every_page_is_accessible_at_both_widths(asgi_server, page_factory, core, sid, width):
+    from axe_playwright_python.sync_playwright import Axe
+
+    core.publish(sid, EventType.AGENT_READY, {"agent_id": f"{sid}-agent", "capabilities": ["x"]})
+    core.run(sid, lambda c: c.escalate("customer asks for a refund"))
+    event = core.publish(sid, EventType.MESSAGE, {"text": "hello"})
+    w, h = WIDTHS[width]
+    page = page_factory(asgi_server.url, viewport={"width": w, "height": h}, bypass_csp=True)
+    axe = Axe()
+    problems = {}
+    for path in (
+        "/",
+        "/sessions/",
+        f"/sessions/{sid}/",
+        "/agents/",
+        f"/payload/?session={sid}&event={event.id}",
+        "/sessions/no-such-session/",
+    ):
+        page.goto(f"{asgi_server.url}{path}")
+        serious = [
+            v["id"]
+            for v in axe.run(page).response["violations"]
+            if v["impact"] in ("serious", "critical")
+        ]
+        if serious:
+            problems[path] = serious
+    assert problems == {}
