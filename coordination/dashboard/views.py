@@ -21,7 +21,7 @@ from django.views.decorators.vary import vary_on_headers
 from coordination.core import InvalidCursor, InvalidSessionId, RedisUnavailable, redact_url
 from coordination.core.connection import UNAVAILABLE_ERRORS
 from coordination.core.events import decode_stored_json, event_from_fields, is_stream_id
-from coordination.core.keys import validate_session_id
+from coordination.core.keys import STATUSES, validate_session_id
 from coordination.dashboard import saved_filters, session_list, trends
 from coordination.dashboard.action_views import BULK_ACTIONS
 from coordination.dashboard.fragments import (
@@ -102,7 +102,7 @@ async def sessions(request: HttpRequest) -> HttpResponse:
         "shown_rows": ",".join(
             dom_id(s.session_id).removeprefix("session-") for s in page.sessions
         ),
-        "statuses": ("active", "waiting", "escalated", "human", "closed"),
+        "statuses": STATUSES,
         "can_intervene": await _can_intervene(request),
         "bulk_actions": BULK_ACTIONS.items(),
         "saved_filters": await saved_filters.user_filters(user),

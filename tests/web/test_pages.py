@@ -217,3 +217,19 @@ def test_saved_filters_are_capped_per_user(logged_in, supervisor):
     replacing = {"name": "f3", "q": "replaced", "replace": "on"}
     logged_in.post("/saved-filters/", replacing)  # replacing (asked for) is allowed at the cap
     assert SavedFilter.objects.get(name="f3").query == "q=replaced"
+
+
+def test_text_fields_take_the_limit_the_server_enforces(logged_in, publish, supervisor):
+    from coordination.supervision import interventions
+    from coordination.supervision.interventions import Actor
+    from coordination.supervision.limits import MAX_TEXT
+
+    publish("limits-1")
+    async_to_sync(interventions.take_over)(Actor(supervisor, None), "limits-1")
+    body = logged_in.get("/sessions/limits-1/").content.decode()
+    fields = re.findall(r'<(?:textarea|input)[^>]*name="(text|resolution)"[^>]*>', body)
+    lengths = re.findall(
+        r'<(?:textarea|input)[^>]*name="(?:text|resolution)"[^>]*maxlength="(\d+)"', body
+    )
+    assert {"text", "resolution"} <= set(fields), fields
+    assert lengths and set(lengths) == {str(MAX_TEXT)}, lengths
