@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from coordination.dashboard import (
     action_views,
@@ -28,4 +28,5 @@ urlpatterns = [
     path("act/decide/<sid:session_id>/", approval_views.decide_view, name="decide"),
     path("act/<slug:action>/<sid:session_id>/", action_views.act, name="act"),
     path("escalations/claim-next/", action_views.claim_next, name="claim_next"),
+    path("team/", include("coordination.dashboard.team")),  # staff: invite, roles, deactivate
 ]
