@@ -88,8 +88,8 @@ class InviteForm(forms.Form):
     )
     role = forms.ChoiceField(
         choices=[
-            (VIEWER, "Viewer: sees everything, changes nothing"),
-            (SUPERVISOR, "Supervisor: acts on sessions"),
+            (VIEWER, "Viewer"),
+            (SUPERVISOR, "Supervisor"),
         ],
         initial=VIEWER,
     )
