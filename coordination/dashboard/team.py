@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -276,7 +277,7 @@ def _set_password_link(request: HttpRequest, user: AbstractUser) -> str:
 # --- views ---------------------------------------------------------------------------------
 
 
-def staff_only(view):
+def staff_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """403 for anyone signed in but not staff (LoginRequiredMiddleware handles the rest)."""
 
     @functools.wraps(view)
@@ -425,7 +426,12 @@ def new_link(request: HttpRequest, pk: int) -> HttpResponse:
             request, f"{target.get_username()} has a password already (or is deactivated): no link."
         )
         return redirect("coordination:team")
-    message = f"New set-password link for {target.get_username()}."
+    # a new random unusable password changes the token's input: the old link stops working
+    target.set_unusable_password()
+    target.save(update_fields=["password"])
+    message = (
+        f"New set-password link for {target.get_username()}; the previous one no longer works."
+    )
     _record(request, NEW_LINK, target, None, _snapshot(target), "done", message)
     return _page(
         request,

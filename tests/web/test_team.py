@@ -163,9 +163,14 @@ def test_a_link_for_a_deactivated_user_is_refused(staff):
 
 
 def test_a_new_link_only_for_someone_without_a_password(staff, viewer):
-    invite(staff, "lost", "viewer")
+    old_link = link_in(invite(staff, "lost", "viewer")).removeprefix("http://testserver")
     response = staff.post(f"/team/{user('lost').pk}/link/")
     assert response.status_code == 200 and "This link is shown once" in response.content.decode()
+    new_link = link_in(response).removeprefix("http://testserver")
+    assert new_link != old_link
+    assert "This link no longer works" in Client().get(old_link, follow=True).content.decode()
+    assert "Set your password" in Client().get(new_link, follow=True).content.decode()
+    assert AuditEntry.objects.filter(action="team_link", outcome="done").count() == 1
     # viewer has a password: a link would let staff take the account over
     response = staff.post(f"/team/{viewer.pk}/link/", follow=True)
     assert "invite-link-value" not in response.content.decode()
