@@ -32,9 +32,9 @@ from coordination.models import ApiToken
 from coordination.platform.core_clients import coordinator, read_state, session_index
 from coordination.platform.display import clean_deep, json_text
 from coordination.supervision import interventions
-from coordination.supervision.actions import PERMISSION, dispatch
+from coordination.supervision.actions import PERMISSION, bulk_refusal, dispatch
 from coordination.supervision.interventions import Actor, InterventionRefused
-from coordination.supervision.limits import MAX_BULK, MAX_TEXT
+from coordination.supervision.limits import MAX_BULK, MAX_REASON, MAX_TEXT
 
 MAX_TOKEN_LENGTH = 200
 # One response's payloads (an events page, a session's state) stop past this many bytes.
@@ -189,6 +189,11 @@ class InterventionIn(Schema):
     )
     force: bool | None = Field(
         None, description="reassign: accept an agent that has never reported in"
+    )
+    reason: str | None = Field(
+        None,
+        max_length=MAX_REASON,
+        description="take-over, release, reassign, close: why (shown in the audit trail)",
     )
 
 
@@ -410,6 +415,9 @@ async def intervene(request, action: Action, session_id: str, body: Intervention
 async def bulk(request, action: BulkAction, body: BulkIn):
     """Act on many sessions; each one is its own race-safe, audited step with its own result."""
     actor = await _require_intervene(request)
+    refusal = bulk_refusal(action, body.to_agent)
+    if refusal:  # once for the request, as on the sessions page
+        return 400, {"detail": refusal}
     results = await interventions.for_each(
         body.session_ids, lambda sid: _intervene(actor, action, sid, body)
     )

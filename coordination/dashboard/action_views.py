@@ -21,7 +21,7 @@ from coordination.core import InvalidSessionId
 from coordination.core.keys import validate_session_id
 from coordination.dashboard.fragments import live_header_context
 from coordination.supervision import interventions
-from coordination.supervision.actions import PERMISSION, UnknownAction, dispatch
+from coordination.supervision.actions import PERMISSION, UnknownAction, bulk_refusal, dispatch
 from coordination.supervision.interventions import Actor, InterventionRefused
 from coordination.supervision.limits import MAX_BULK
 
@@ -120,14 +120,8 @@ async def bulk(request: HttpRequest) -> HttpResponse:
         error = "Select at least one session."
     elif len(session_ids) > MAX_BULK:
         error = f"{len(session_ids)} sessions selected; at most {MAX_BULK} at a time."
-    elif action in ("reassign", "hand-back") and not request.POST.get("to_agent", "").strip():
-        # once for the whole request, not once per row
-        error = (
-            "Name the agent to reassign the selected sessions to."
-            if action == "reassign"
-            else "Name the agent to hand the selected sessions back to (to hand one back to "
-            "the queue, use its session page)."
-        )
+    else:
+        error = bulk_refusal(action, request.POST.get("to_agent"))
 
     async def one(session_id: str) -> dict:
         result = {"session_id": session_id, "linkable": _is_session_id(session_id)}

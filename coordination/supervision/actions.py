@@ -51,6 +51,19 @@ async def dispatch(action: str, actor: Actor, session_id: str, form) -> str:
     raise UnknownAction(f"unknown action {action[:40]!r}")
 
 
+def bulk_refusal(action: str, to_agent: str | None) -> str | None:
+    """Why a bulk action cannot start at all (said once for the request, not once per row),
+    or None. Shared by the sessions page and the API's /bulk/."""
+    if action in ("reassign", "hand-back") and not (to_agent or "").strip():
+        if action == "reassign":
+            return "Name the agent to reassign the selected sessions to."
+        return (
+            "Name the agent to hand the selected sessions back to (to hand one back to "
+            "the queue, use its session page)."
+        )
+    return None
+
+
 def _ticked(value: object) -> bool:
     """A checkbox (``"on"``) or the API's boolean."""
     return value is True or str(value or "").strip().lower() in {"on", "1", "true", "yes"}

@@ -165,6 +165,40 @@ async def test_bulk_release_reports_per_session(tokens, seed, redis_url, namespa
     assert count == 4
 
 
+async def test_bulk_reassign_without_an_agent_is_refused_once_and_nothing_is_tried(
+    tokens, seed, redis_url, namespace
+):
+    await seed("bulk-a1", "bulk-a2")
+    for action in ("reassign", "hand-back"):
+        response = await client_for(tokens["supervisor"]).post(
+            f"/api/v1/bulk/{action}",
+            {"session_ids": ["bulk-a1", "bulk-a2"], "to_agent": "  "},
+            content_type="application/json",
+        )
+        assert response.status_code == 400, response.content
+        assert "Name the agent" in response.json()["detail"]
+    # the page's rule, word for word: nothing was attempted, so nothing was audited
+    assert await sync_to_async(AuditEntry.objects.count)() == 0
+
+
+async def test_a_reason_given_through_the_api_reaches_the_audit_trail(tokens, seed):
+    await seed("reason-1")
+    response = await client_for(tokens["supervisor"]).post(
+        "/api/v1/interventions/take-over/reason-1",
+        {"reason": "VIP <customer>"},
+        content_type="application/json",
+    )
+    assert response.status_code == 200, response.content
+    entry = await sync_to_async(AuditEntry.objects.get)(action="take_over", session_id="reason-1")
+    assert "VIP <customer>" in str(entry.detail), entry.detail
+    too_long = await client_for(tokens["supervisor"]).post(
+        "/api/v1/interventions/close/reason-1",
+        {"reason": "x" * 501},
+        content_type="application/json",
+    )
+    assert too_long.status_code == 422 and "reason" in too_long.content.decode()
+
+
 async def test_bad_bodies_get_a_clear_error(tokens):
     api = client_for(tokens["supervisor"])
     too_many = await api.post(
