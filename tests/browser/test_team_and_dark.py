@@ -79,6 +79,16 @@ def test_staff_invites_a_supervisor_and_changes_a_role(
     assert _role_in_database(name, django_db_blocker) == ("viewer", False)
     assert _overflow(page) is None, _overflow(page)
 
+    # and back by keyboard only: arrow on the focused select, Tab to the button, Enter
+    row.locator("select").focus()
+    page.keyboard.press("ArrowDown")  # viewer -> supervisor
+    assert row.locator("select").input_value() == "supervisor"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent").startswith("Change role")
+    page.keyboard.press("Enter")
+    expect(row.locator(".result-ok")).to_contain_text(f"{name} is now supervisor (was viewer).")
+    assert _role_in_database(name, django_db_blocker) == ("supervisor", True)
+
     # the link works once, in a signed-out browser
     visitor = page_factory(base, username=None, viewport={"width": w, "height": h})
     visitor_problems = _watch(visitor)
