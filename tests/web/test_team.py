@@ -377,3 +377,11 @@ def test_deactivating_signs_a_user_out_and_reactivating_lets_them_back(staff, su
         ("team_deactivate", "done"),
         ("team_reactivate", "done"),
     ]
+
+
+def test_team_entries_open_in_the_admins_audit_log(staff, viewer):
+    staff.post(f"/team/{viewer.pk}/role/", {"role": "supervisor"})
+    entry = AuditEntry.objects.get(action="team_role")
+    assert staff.get("/admin/coordination/auditentry/").status_code == 200
+    page = staff.get(f"/admin/coordination/auditentry/{entry.pk}/change/")
+    assert page.status_code == 200 and "team_role" in page.content.decode()
