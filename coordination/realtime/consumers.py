@@ -9,6 +9,7 @@ import collections
 import json
 import logging
 import re
+import secrets
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -16,6 +17,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.html import escape
 
 from coordination.core import CoordinationError, EventType, InvalidCursor, RedisUnavailable
 from coordination.core.connection import UNAVAILABLE_ERRORS, redis_failures
@@ -29,7 +31,6 @@ from coordination.dashboard.fragments import (
     header_context,
     overview_context,
     recent_audit,
-    render_overview_live,
     render_session_row,
 )
 from coordination.dashboard.transcript import TRANSCRIPT_TYPES, LiveTranscript
@@ -195,7 +196,7 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
             log.warning("websocket refused while Redis is unavailable: %s", exc)
             await self.close(code=CLOSE_TRY_AGAIN)
             return
-        self._redis_watch = asyncio.create_task(self._watch_redis())
+        self._redis_watch = RedisWatch.join(self)
         open_websockets.opened()
 
     async def websocket_disconnect(self, message):
@@ -204,13 +205,43 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
             writer.cancel()  # the client is gone: what it did not take is dropped
         watch = getattr(self, "_redis_watch", None)
         if watch is not None:
-            watch.cancel()
+            watch.leave(self)
             open_websockets.closed()
         await super().websocket_disconnect(message)
 
-    async def _watch_redis(self):
-        """Close the socket when Redis stops answering: the page then shows "disconnected" and
-        keeps reconnecting; once Redis is back, the reconnect replays what was missed."""
+
+class RedisWatch:
+    """Closes the open sockets when Redis stops answering: the pages then show "disconnected"
+    and keep reconnecting; once Redis is back, the reconnect replays what was missed.
+
+    One check every ``REDIS_CHECK_SECONDS`` per process (event loop) and Redis, shared by its
+    open sockets: one check per socket cost 1,000 pings every 3 s with 1,000 pages open (and,
+    on a busy loop, pings that missed their 2 s deadline closed healthy sockets)."""
+
+    _watches: dict[tuple, RedisWatch] = {}
+
+    def __init__(self, key: tuple) -> None:
+        self.key = key
+        self.sockets: set[LoginRequiredConsumer] = set()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    @classmethod
+    def join(cls, consumer: LoginRequiredConsumer) -> RedisWatch:
+        key = (asyncio.get_running_loop(), settings.REDIS_URL, settings.COORDINATION_NAMESPACE)
+        watch = cls._watches.get(key)
+        if watch is None or watch.task.done():
+            watch = cls._watches[key] = cls(key)
+        watch.sockets.add(consumer)
+        return watch
+
+    def leave(self, consumer: LoginRequiredConsumer) -> None:
+        self.sockets.discard(consumer)
+        if not self.sockets:
+            self.task.cancel()
+            if self._watches.get(self.key) is self:
+                del self._watches[self.key]
+
+    async def _run(self) -> None:
         client = session_index().redis
         while True:
             await asyncio.sleep(REDIS_CHECK_SECONDS)
@@ -219,12 +250,97 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
             except (RedisUnavailable, TimeoutError, *UNAVAILABLE_ERRORS) as exc:
                 if not isinstance(exc, RedisUnavailable):
                     redis_failures.add()
-                await self.close(code=CLOSE_TRY_AGAIN)
-                return
+                closing, self.sockets = self.sockets, set()
+                for consumer in closing:
+                    await consumer.close(code=CLOSE_TRY_AGAIN)
 
 
 MAX_SHOWN_ROWS = 5000  # rows a list page is told about (a page of 50 grows by live rows)
 _ROW_DIGEST = re.compile(r"[0-9a-f]{20}")
+
+# -- one read and one render per notice and process, not per page ----------------------------
+#
+# Every open overview or sessions list in a process gets each ``sessions.changed`` notice. Read
+# and rendered page by page, 1,000 open pages meant 1,000 reads of the same summaries and
+# 1,000 renders of the same partials per notice, in the one event loop that also answers
+# /healthz (issue 18: 600 overview pages pushed its median to 1.35 s). So the first page to
+# handle a notice reads and renders for all: the others await the same task and take the text.
+# What still differs between pages is small and applied to the shared text: the row variant
+# (the viewer may intervene or not, the list's filters) and the page's own CSRF token.
+
+# The overview's live parts, each swapped in place by id: the partials of
+# ``render_overview_live``, in its order (tests/web/test_fanout.py holds them equal). A page is
+# sent only the parts whose text changed since its socket last sent them.
+OVERVIEW_PARTS = (
+    "coordination/overview.html#stats",
+    "coordination/overview.html#queue",
+    "coordination/overview.html#agents",
+    "coordination/_approvals.html#overview-approvals",
+    "coordination/_pickup.html#overview-pickup",
+)
+NOTICES_KEPT = 8  # notices whose shared work is kept (pages that lag reuse it)
+NOTICE_KEY_CHARS = 200
+# Rendered in place of a page's CSRF token, then replaced by the page's own (escaped) token.
+# Random per process: agent-written text cannot contain it, so only the form fields get it.
+CSRF_MARK = "csrfmark" + secrets.token_hex(16)
+
+
+def _notice_key(message: dict) -> str | None:
+    key = message.get("notice")
+    if isinstance(key, str) and 0 < len(key) <= NOTICE_KEY_CHARS:
+        return key
+    return None  # an older relay: each page reads and renders for itself, as before
+
+
+class NoticeWork:
+    """What the pages of this process need for one notice, computed once and shared: reads as
+    shared tasks (awaited through ``shield``: a page that closes meanwhile does not cancel the
+    others' read), renders as memoised text."""
+
+    _kept: collections.OrderedDict[tuple, NoticeWork] = collections.OrderedDict()
+
+    def __init__(self) -> None:
+        self.tasks: dict[object, asyncio.Task] = {}
+        self.texts: dict[object, str] = {}
+
+    @classmethod
+    def of(cls, key: str | None) -> NoticeWork:
+        if key is None:
+            return cls()  # not shared
+        # tasks belong to one event loop; names are the relay's, per deployment (namespace)
+        key = (asyncio.get_running_loop(), settings.COORDINATION_NAMESPACE, key)
+        work = cls._kept.get(key)
+        if work is None:
+            work = cls._kept[key] = cls()
+            while len(cls._kept) > NOTICES_KEPT:
+                cls._kept.popitem(last=False)
+        return work
+
+    async def read(self, what: object, make):
+        """``await make()``, once for every page handling this notice."""
+        task = self.tasks.get(what)
+        if task is None:
+            task = self.tasks[what] = asyncio.ensure_future(make())
+        return await asyncio.shield(task)
+
+    def text(self, what: object, render) -> str:
+        """``render()``, once for every page handling this notice."""
+        text = self.texts.get(what)
+        if text is None:
+            text = self.texts[what] = render()
+        return text
+
+
+def with_csrf_token(text: str, token: str) -> str:
+    """The shared text with this page's token where ``{% csrf_token %}`` put the mark: the same
+    markup as rendering with the token (``format_html`` escapes it the same way)."""
+    return text.replace(CSRF_MARK, escape(token)) if CSRF_MARK in text else text
+
+
+def _csrf_variant(token: str) -> str:
+    """The token to render with: the mark, unless the tag treats the value specially (empty:
+    no field; "NOTPROVIDED": no field either)."""
+    return token if token in ("", "NOTPROVIDED") else CSRF_MARK
 
 
 class SessionsConsumer(LoginRequiredConsumer):
@@ -255,48 +371,97 @@ class SessionsConsumer(LoginRequiredConsumer):
         if isinstance(content, dict) and "resume" in content and self.view == "overview":
             await self._send_overview()  # after a reconnect, redraw what may have changed
 
+    async def dispatch(self, message):
+        # Channels runs close_old_connections() in the one database thread before every
+        # handler; for a notice (which touches no database) that was a thread hop per page
+        # and notice, and /healthz's own database check queued behind 1,000 of them.
+        if message.get("type") == "sessions.changed":
+            await self.sessions_changed(message)
+        else:
+            await super().dispatch(message)
+
     async def sessions_changed(self, message):
+        work = NoticeWork.of(_notice_key(message))
         try:
             if self.view == "overview":
-                await self._send_overview()
+                await self._send_overview(work)
             else:
-                await self._send_rows(message["ids"])
+                await self._send_rows(message["ids"], work)
         except RedisUnavailable as exc:
             log.warning("live update skipped: %s", exc)
 
-    async def _send_overview(self):
-        context = await overview_context(self.index)
-        context.update(can_intervene=self.can_intervene, csrf_token=self.csrf_token)
-        await self.send(text_data=render_overview_live(context))
+    async def _send_overview(self, work: NoticeWork | None = None):
+        """The overview's live parts that changed since this socket last sent them (all of
+        them the first time, and after a reconnect: the page asks with ``resume``)."""
+        fresh = work is None
+        work = work or NoticeWork()
+        context = await work.read("overview", lambda: overview_context(self.index))
+        context = {**context, "can_intervene": self.can_intervene, "oob": True}
+        token = _csrf_variant(self.csrf_token)
+        context["csrf_token"] = token
+        sent = self._overview_sent = {} if fresh else getattr(self, "_overview_sent", {})
+        changed = []
+        for template in OVERVIEW_PARTS:
+            text = work.text(
+                ("overview", template, self.can_intervene, token),
+                lambda template=template: render_to_string(template, context),
+            )
+            # pre-token text, shared by the pages of this process: equal and usually the
+            # same object when nothing changed
+            if sent.get(template) is not text and sent.get(template) != text:
+                sent[template] = text
+                changed.append(text)
+        if changed:
+            await self.send(text_data=with_csrf_token("".join(changed), self.csrf_token))
 
-    async def _send_rows(self, session_ids: list[str]):
-        summaries = await self.index.get_sessions(session_ids)
-        removed, on_top, in_place = [], [], []
+    async def _send_rows(self, session_ids: list[str], work: NoticeWork | None = None):
+        work = work or NoticeWork()
+        summaries = await work.read("summaries", lambda: self.index.get_sessions(session_ids))
+        removed, on_top, in_place, on_top_keys = [], [], [], []
         for summary in sorted(summaries, key=lambda s: s.last_activity or 0, reverse=True):
             row_id = dom_id(summary.session_id)
             matches = self.filters.matches(summary)
             if row_id in self.shown and (not matches or self.first_page):
-                removed.append(render_to_string(PUSH + "row-removed", {"row_id": row_id}))
+                removed.append(
+                    work.text(
+                        ("removed", row_id),
+                        lambda row_id=row_id: render_to_string(
+                            PUSH + "row-removed", {"row_id": row_id}
+                        ),
+                    )
+                )
                 self.shown.discard(row_id)
             if not matches:
                 continue
             if self.first_page:  # newest activity first
-                on_top.append(render_session_row(summary, can_intervene=self.can_intervene))
+                on_top.append(self._row(work, summary, ""))
+                on_top_keys.append(row_id)
                 if len(self.shown) < MAX_SHOWN_ROWS:
                     self.shown.add(row_id)
             elif row_id in self.shown:
-                in_place.append(
-                    render_session_row(summary, oob="true", can_intervene=self.can_intervene)
-                )
+                in_place.append(self._row(work, summary, "true"))
         # Separate messages: an HTML parser folds a <tbody> that follows a <tr> into the
         # same table body, which would turn the prepend into a second swap of the same id.
         if removed:
             await self.send(text_data="".join(removed))
         if on_top:
             rows = "".join(on_top)
-            await self.send(text_data=render_to_string(PUSH + "rows-on-top", {"rows": rows}))
+            await self.send(
+                text_data=work.text(
+                    ("on-top", self.can_intervene, *on_top_keys),
+                    lambda: render_to_string(PUSH + "rows-on-top", {"rows": rows}),
+                )
+            )
         if in_place:
             await self.send(text_data="".join(in_place))
+
+    def _row(self, work: NoticeWork, summary, oob: str) -> str:
+        """A session's row as this page draws it (rows differ by ``can_intervene`` alone: they
+        hold no CSRF token), rendered once per notice and variant."""
+        return work.text(
+            ("row", summary.session_id, oob, self.can_intervene),
+            lambda: render_session_row(summary, oob=oob, can_intervene=self.can_intervene),
+        )
 
 
 class SessionConsumer(LoginRequiredConsumer):

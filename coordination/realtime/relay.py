@@ -425,6 +425,7 @@ class Relay:
         self.reading.set()
         last_renew = last_flush = last_prune = last_trends_scan = time.monotonic()
         changed: set[str] = set()
+        notices, epoch = 0, time.time_ns()  # unique to this run of the loop
         while not self._stopping.is_set():
             self.beat_at = time.monotonic()
             entries = await self._read(cursor, 500, self.flush_interval)
@@ -456,8 +457,17 @@ class Relay:
                 self._failures = 0
             now = time.monotonic()
             if changed and now - last_flush >= self.flush_interval:
+                # "notice" names this notice: every page of a process shares one read and one
+                # render of it (coordination.realtime.consumers.NoticeWork)
+                notices += 1
                 await self._send(
-                    layer, SESSIONS_GROUP, {"type": "sessions.changed", "ids": sorted(changed)}
+                    layer,
+                    SESSIONS_GROUP,
+                    {
+                        "type": "sessions.changed",
+                        "ids": sorted(changed),
+                        "notice": f"{self.worker_id}:{epoch}:{notices}",
+                    },
                 )
                 changed.clear()
                 last_flush = now
