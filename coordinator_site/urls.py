@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.templatetags.static import static
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
 from coordination.api import v1 as api
@@ -23,4 +23,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls()),
     path("", include("coordination.urls")),
+    # last: our 404 page for any other URL, DEBUG included ([\s\S]: paths may hold newlines)
+    re_path(r"^(?P<path>[\s\S]*)$", views.not_found, name="not-found"),
 ]

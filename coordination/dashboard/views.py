@@ -11,9 +11,16 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponsePermanentRedirect,
+    JsonResponse,
+)
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
@@ -43,6 +50,21 @@ from coordination.realtime.relay import relay_health
 async def _can_intervene(request: HttpRequest) -> bool:
     user = await request.auser()
     return await sync_to_async(user.has_perm)("coordination.intervene")
+
+
+def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Any URL no other pattern matched: our 404 page in every mode (with ``DEBUG`` on, Django
+    would show its technical page, which lists the URL patterns and breaks our CSP). It is the
+    last pattern, so it keeps ``APPEND_SLASH``'s redirect itself: CommonMiddleware only redirects
+    paths that match nothing, and this matches everything."""
+    if settings.APPEND_SLASH and not request.path_info.endswith("/"):
+        try:
+            match = resolve(request.path_info + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.url_name != "not-found":
+            return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+    return render(request, "404.html", status=404)
 
 
 def styled_404(view):

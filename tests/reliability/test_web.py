@@ -27,7 +27,9 @@ pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
 # logout: POST-only, harmless anonymously; index: /api/v1/, a discovery document (title, version,
 # where the docs and the schema are), public like any API root
-PUBLIC = {"login", "healthz", "logout", "favicon", "index", "api-root"}
+# team_set_password: an invited person's one-time link (they have no login yet; the token is
+# the check, tested in tests/web/test_team.py)
+PUBLIC = {"login", "healthz", "logout", "favicon", "index", "api-root", "team_set_password"}
 HOSTILE_IDS = [
     "nope",
     "{x}:y:z",

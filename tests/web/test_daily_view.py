@@ -50,6 +50,23 @@ def test_unknown_session_gets_our_404_page_in_every_mode(logged_in, settings, de
         assert "Django tried these URL patterns" not in body and "<style" not in body, path
 
 
+@pytest.mark.parametrize("debug", [True, False], ids=["debug", "production"])
+def test_unknown_urls_get_our_404_page_and_slashes_are_still_appended(logged_in, settings, debug):
+    settings.DEBUG = debug
+    for path in ("/no/such/page/", "/sessionz", "/%E2%80%AEevil/"):
+        response = logged_in.get(path)
+        body = response.content.decode()
+        assert response.status_code == 404, path
+        assert '<h1 id="error-title">Not found</h1>' in body, path
+        assert "Django tried these URL patterns" not in body and "<style" not in body, path
+    # a page asked for without its slash is still redirected to it (APPEND_SLASH)
+    response = logged_in.get("/sessions?status=active")
+    assert response.status_code == 301
+    assert response["Location"] == "/sessions/?status=active"
+    # the JSON API keeps its own JSON 404
+    assert logged_in.get("/api/v1/nothing-here").json()["detail"].startswith("no API endpoint")
+
+
 def test_404_page_escapes_the_hostile_session_id(logged_in, settings):
     settings.DEBUG = True
     body = logged_in.get("/sessions/%3Cscript%3Ealert(1)%3C%2Fscript%3E/").content.decode()
