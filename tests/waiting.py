@@ -41,3 +41,14 @@ async def eventually(
 async def lease_gone(atomic: Any, session_id: str) -> bool:
     """For ``eventually``: the session's handoff claim has run out (or was released)."""
     return await atomic.get_handoff(session_id) is None
+
+
+def wait_until(condition: Callable[[], Any], what: str, *, timeout: float = 30.0) -> Any:
+    """``eventually`` for plain (thread) code: poll ``condition`` until it returns something
+    truthy and return that; fail after ``timeout`` seconds naming ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+    return value

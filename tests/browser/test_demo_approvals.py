@@ -18,6 +18,7 @@ from coordination.core import DecisionSigner
 from coordination.core.signing import DECISION_KEY_ENV
 from coordination.devtools.demo import FleetSettings
 
+from ..waiting import wait_until
 from .conftest import wait_live
 
 pytestmark = pytest.mark.browser
@@ -53,14 +54,6 @@ def refund_requests(page, prefix: str, count: int, timeout: float = 45.0) -> lis
     return found
 
 
-def wait_for(condition, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"gave up after {timeout:g} s waiting for {what}"
-        time.sleep(0.05)
-    return value
-
-
 def test_the_fleet_asks_and_acts_on_the_supervisors_decision(
     asgi_server, page_factory, fleet, core
 ):
@@ -93,7 +86,7 @@ def test_the_fleet_asks_and_acts_on_the_supervisors_decision(
     )
     # the session goes on: the agent's next turn, then it resolves the session
     expect(transcript).to_contain_text("Session closed: resolved", timeout=30_000)
-    assert wait_for(lambda: fleet.outcomes.get(approve_sid), "the agent to finish") == "resolved"
+    assert wait_until(lambda: fleet.outcomes.get(approve_sid), "the agent to finish") == "resolved"
     events = core.run(approve_sid, lambda c: c.events(limit=1000))
     ran = [e for e in events if e.type is EventType.TOOL_RESULT and e.data["tool"] == "refund"]
     assert len(ran) == 1
@@ -113,7 +106,7 @@ def test_the_fleet_asks_and_acts_on_the_supervisors_decision(
         "The tracking shows it was delivered <b>yesterday</b>",
         timeout=20_000,
     )
-    assert wait_for(lambda: fleet.outcomes.get(reject_sid), "the agent to finish") == "resolved"
+    assert wait_until(lambda: fleet.outcomes.get(reject_sid), "the agent to finish") == "resolved"
     events = core.run(reject_sid, lambda c: c.events(limit=1000))
     assert [e for e in events if e.type is EventType.TOOL_RESULT] == []
     assert orders[reject_sid] not in [order for order, _ in fleet.refunds]

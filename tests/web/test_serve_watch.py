@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import redis
 
 from ..conftest import delete_namespace, running_serve
+from ..waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,14 +62,6 @@ def _agents_of(serve_pid: int) -> list[int]:
     return found
 
 
-def _wait(condition, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"gave up after {timeout:g} s waiting for {what}"
-        time.sleep(0.1)
-    return value
-
-
 def test_serve_restarts_a_demo_fleet_that_died(tmp_path, redis_server_url):
     from coordination.devtools.processes import free_port
 
@@ -82,9 +74,9 @@ def test_serve_restarts_a_demo_fleet_that_died(tmp_path, redis_server_url):
             COORDINATION_NAMESPACE=namespace,
             DJANGO_SUPERUSER_PASSWORD="serve-watch-password-1",
         ) as (serve, output):
-            first = _wait(lambda: _agents_of(serve.pid), "the demo agents")[0]
+            first = wait_until(lambda: _agents_of(serve.pid), "the demo agents")[0]
             os.kill(first, 9)
-            second = _wait(
+            second = wait_until(
                 lambda: [p for p in _agents_of(serve.pid) if p != first], "restarted agents"
             )
             assert second
