@@ -156,6 +156,19 @@ def ns_keys(redis_sync, namespace):
     return keys
 
 
+def serve_that_fails(var_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    """``manage.py serve --no-agents`` expected to stop at once (a bad setting, a taken port):
+    its exit code and output, within 60 s."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "serve", "--no-agents"],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "COORDINATION_VAR_DIR": str(var_dir), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @contextlib.contextmanager
 def running_serve(var_dir: Path, **env: str):
     """``manage.py serve`` started as a user starts it (no REDIS_URL or DATABASE_URL), until

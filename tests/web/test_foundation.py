@@ -12,7 +12,7 @@ import pytest
 
 from coordination.devtools.embedded_redis import EmbeddedRedis
 
-from ..conftest import running_serve
+from ..conftest import running_serve, serve_that_fails
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,19 +31,10 @@ def test_embedded_redis_starts_answers_ping_and_stops():
 
 
 def test_wrong_redis_url_gives_one_line_error_without_password(tmp_path):
-    env = {
-        **os.environ,
-        "REDIS_URL": "redis://:hunter2-secret@127.0.0.1:1/0",
-        "COORDINATION_VAR_DIR": str(tmp_path),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-    }
-    result = subprocess.run(
-        [sys.executable, "manage.py", "serve", "--no-agents"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = serve_that_fails(
+        tmp_path,
+        REDIS_URL="redis://:hunter2-secret@127.0.0.1:1/0",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

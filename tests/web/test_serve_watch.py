@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from ..conftest import delete_namespace, running_serve
+from ..conftest import delete_namespace, running_serve, serve_that_fails
 from ..waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,20 +25,7 @@ def test_a_taken_port_is_named_with_PORT(tmp_path, redis_server_url):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {
-            **os.environ,
-            "REDIS_URL": redis_server_url,
-            "COORDINATION_VAR_DIR": str(tmp_path),
-            "PORT": str(port),
-        }
-        result = subprocess.run(
-            [sys.executable, "manage.py", "serve", "--no-agents"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = serve_that_fails(tmp_path, REDIS_URL=redis_server_url, PORT=str(port))
     assert result.returncode == 2
     assert f"port {port} on 127.0.0.1 is taken" in result.stderr
     assert f"PORT={port + 1} make run" in result.stderr
