@@ -128,8 +128,11 @@ def test_every_page_fits_and_loads_cleanly(asgi_server, page_factory, core, sid,
     check(f"/sessions/{sid}/", "session page", live_event_on_session_page)
     check(f"/sessions/{long_id}/", "long session page")
     check("/agents/", "agents")
+    check("/trends/", "trends")
+    check("/team/", "team")
     check(f"/payload/?session={sid}&event={event.id}", "payload")
     check("/sessions/no-such-session-here/", "not found", expect_status=404)
+    check("/no/such/page/", "unknown URL", expect_status=404)
     check("/admin/", "admin index")
 
     def swagger_drawn() -> None:
@@ -157,6 +160,8 @@ def test_every_page_is_accessible_at_both_widths(asgi_server, page_factory, core
         "/sessions/",
         f"/sessions/{sid}/",
         "/agents/",
+        "/trends/",
+        "/team/",
         f"/payload/?session={sid}&event={event.id}",
         "/sessions/no-such-session/",
     ):
