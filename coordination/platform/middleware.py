@@ -3,7 +3,9 @@
 import logging
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
+from django.http import Http404, HttpResponse
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
 
 from coordination.core import CoordinationError, RedisUnavailable, redact_url
@@ -54,7 +56,7 @@ class CoordinationErrorMiddleware:
                 str(exception), status=status, content_type="text/plain; charset=utf-8"
             )
         if not isinstance(exception, RedisUnavailable):
-            return None
+            return self._styled_500(request, exception)
         log.warning(
             "503 for %s: %s",
             request.path,
@@ -66,6 +68,35 @@ class CoordinationErrorMiddleware:
         )
         response["Retry-After"] = "5"
         return response
+
+    def _styled_500(self, request, exception):
+        """With ``DEBUG`` on, our 500 page instead of Django's technical one (its inline styles
+        break the CSP, and a supervisor running ``make run`` is not debugging Django); the
+        traceback goes to the log, where the developer's terminal shows it. Without ``DEBUG``,
+        Django renders the same 500.html itself. The API keeps its own error handling."""
+        if not settings.DEBUG or request.path.startswith("/api/"):
+            return None
+        if isinstance(exception, _NOT_SERVER_ERRORS):  # Django answers these 4xx itself
+            return None
+        log.error(
+            "Internal Server Error: %s",
+            request.path,
+            exc_info=(type(exception), exception, exception.__traceback__),
+            extra={"status": 500, "path": request.path, "actor": _username(request)},
+        )
+        response = render(request, "500.html", status=500)
+        response._has_been_logged = True  # Django's log_response: logged once, with traceback
+        return response
+
+
+# What Django's response_for_exception turns into a 400, 403 or 404 (not a 500).
+_NOT_SERVER_ERRORS = (
+    Http404,
+    PermissionDenied,
+    BadRequest,
+    SuspiciousOperation,
+    MultiPartParserError,
+)
 
 
 def _username(request) -> str | None:

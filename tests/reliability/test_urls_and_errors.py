@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from html.parser import HTMLParser
@@ -645,17 +646,33 @@ def secret_settings(settings):
     return settings
 
 
-def test_debug_500_page_shows_no_password(client, supervisor, secret_settings):  # noqa: F811
+def test_debug_500_is_our_page_and_the_log_has_the_traceback_without_password(
+    client,
+    supervisor,  # noqa: F811
+    secret_settings,
+    caplog,
+):
+    from coordination.platform.json_logs import JsonFormatter, RedactSecrets
+
     secret_settings.ROOT_URLCONF = __name__
     client.force_login(supervisor)
     client.raise_request_exception = False
-    for accept in ("text/html", "text/plain"):
-        response = client.get("/boom/", HTTP_ACCEPT=accept)
-        assert response.status_code == 500
-        body = response.content.decode()
-        assert "RuntimeError" in body and "redis.internal" in body  # it is the debug page
-        assert "REDIS_URL" in body and "CHANNEL_LAYERS" in body  # settings are listed...
-        assert PASSWORD not in body, accept  # ...without the password
+    with caplog.at_level(logging.ERROR):
+        for accept in ("text/html", "text/plain"):
+            response = client.get("/boom/", HTTP_ACCEPT=accept)
+            assert response.status_code == 500
+            body = response.content.decode()
+            # DEBUG or not, the site's own 500 page: no traceback, no settings, no password
+            assert '<h1 id="error-title">Something went wrong</h1>' in body, accept
+            assert "RuntimeError" not in body and "REDIS_URL" not in body, accept
+            assert PASSWORD not in body, accept
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2, [r.getMessage() for r in errors]  # once a request, not twice
+    for record in errors:
+        assert RedactSecrets().filter(record)
+        line = JsonFormatter().format(record)
+        assert "RuntimeError: could not reach" in line  # the developer's traceback
+        assert PASSWORD not in line
 
 
 def test_debug_technical_500_with_a_password_in_a_local_variable():
