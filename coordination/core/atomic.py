@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import DEFAULT_CLAIM_TTL, RedisBacked
+from .base import DEFAULT_CLAIM_TTL, RedisBacked, caller_op_id
 from .errors import NotOwner, SessionClosed, SessionTakenOver
 from .keys import validate_agent_id, validate_session_id
 from .scripts import claim_script, reassign_script, release_script, renew_script
@@ -42,12 +42,21 @@ class AtomicOperations(RedisBacked):
         self._claims: dict[tuple[str, str], int] = {}
 
     async def claim_handoff(
-        self, session_id: str, agent_id: str, ttl: float = DEFAULT_CLAIM_TTL
+        self,
+        session_id: str,
+        agent_id: str,
+        ttl: float = DEFAULT_CLAIM_TTL,
+        *,
+        idempotency_key: str | None = None,
     ) -> bool:
-        """True if ``agent_id`` now holds the session; False if someone (or a human) does."""
+        """True if ``agent_id`` now holds the session; False if someone (or a human) does.
+
+        A claim re-sent with the same ``idempotency_key`` (after a lost answer) reports the
+        first attempt's outcome: True if that attempt won, though the claim is now held."""
         validate_session_id(session_id)
         validate_agent_id(agent_id)
-        result = await self._run(claim_script, session_id, agent_id, _ttl_ms(ttl))
+        op_id = caller_op_id("claim", idempotency_key) if idempotency_key is not None else None
+        result = await self._run(claim_script, session_id, agent_id, _ttl_ms(ttl), op_id=op_id)
         if result[0] == 1:
             self._claims[(session_id, agent_id)] = int(result[2])
             return True

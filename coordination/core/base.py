@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -16,16 +17,29 @@ from redis.exceptions import ResponseError
 from .calls import fast_pool, run_script
 from .connection import (
     UNAVAILABLE_ERRORS,
+    heal_shared_client,
     is_cluster,
     is_unavailable_reply,
     resolve_url,
     shared_client,
     unavailable,
 )
-from .errors import CoordinationError, CorruptStoredValue
+from .errors import (
+    CoordinationError,
+    CorruptStoredValue,
+    InvalidIdempotencyKey,
+    RedisUnavailable,
+)
 from .events import DEFAULT_MAX_PAYLOAD_BYTES
 from .keys import Keyspace, validate_session_id
-from .scripts import SESSION_KEY_COUNT, SessionScript, apply_index_script, read_hashes_script
+from .scripts import (
+    SESSION_KEY_COUNT,
+    SessionScript,
+    apply_index_script,
+    clear_session_script,
+    outbox_ack_script,
+    read_hashes_script,
+)
 
 log = logging.getLogger("coordination")
 
@@ -33,6 +47,45 @@ DEFAULT_STREAM_MAXLEN = 10_000
 DEFAULT_FEED_MAXLEN = 100_000
 DEFAULT_RETENTION = timedelta(days=7)
 DEFAULT_CLAIM_TTL = 30.0
+
+# On a Cluster an operation whose answer was lost (or that met a failover) is sent again,
+# with the same operation id, for this long: a failover takes a few seconds (issue 17).
+CLUSTER_RETRY_SECONDS = 15.0
+
+
+def _op_prefix() -> str:
+    return "o:" + os.urandom(6).hex() + ":"
+
+
+# Operation ids: a random prefix per process (new after a fork) and a counter; unique
+# without a system call per operation.
+_op_state = [_op_prefix(), itertools.count(1)]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        after_in_child=lambda: _op_state.__setitem__(
+            slice(None), [_op_prefix(), itertools.count(1)]
+        )
+    )
+
+
+def new_op_id() -> str:
+    """A fresh operation id (see ``scripts.OP_WINDOW_MS``)."""
+    return f"{_op_state[0]}{next(_op_state[1]):x}"
+
+
+def caller_op_id(kind: str, key: object) -> str:
+    """The operation id for a caller's idempotency key (``publish(idempotency_key=...)``):
+    prefixed by the operation's kind, so the same key given to two operations stays two."""
+    if not isinstance(key, str) or not key or len(key) > 256:
+        raise InvalidIdempotencyKey(
+            f"idempotency_key must be a string of 1-256 characters, not {str(key)[:40]!r}"
+        )
+    return f"k:{kind}:{key}"
+
+
+# Cluster mode: per session outbox, the newest entry this process saw applied on the index
+# slot; sent with the session's next script, which drops it and older ones.
+_acked: dict[str, str] = {}
 
 
 class RedisBacked:
@@ -102,17 +155,77 @@ class RedisBacked:
     def _script_args(self, session_id: str, *args: Any) -> list[Any]:
         return [session_id, self.stream_maxlen, self.feed_maxlen, self.retention_ms, *args]
 
-    async def _run(self, script: SessionScript, session_id: str, *args: Any) -> Any:
+    async def _run(
+        self, script: SessionScript, session_id: str, *args: Any, op_id: str | None = None
+    ) -> Any:
+        """Run a session script once per operation id (``op_id``, else a fresh one): a retry
+        with the same id returns the first outcome (see ``scripts.OP_WINDOW_MS``)."""
         client = self.redis
         pool = fast_pool(client)  # one server, the hot path (checked first: is_cluster is slow)
-        cluster = pool is None and is_cluster(client)
-        keys = self._script_keys(session_id, cluster)
+        if pool is not None:
+            keys = self._script_keys(session_id)
+            try:
+                return await run_script(
+                    pool,
+                    script,
+                    keys,
+                    [
+                        session_id,
+                        self.stream_maxlen,
+                        self.feed_maxlen,
+                        self.retention_ms,
+                        *args,
+                        new_op_id() if op_id is None else op_id,
+                    ],
+                )
+            except UNAVAILABLE_ERRORS as exc:
+                raise unavailable(client, exc) from None
+            except ResponseError as exc:
+                if is_unavailable_reply(exc):
+                    raise unavailable(client, exc) from None
+                raise CoordinationError(f"Redis refused the {script.name} script: {exc}") from exc
+        op = new_op_id() if op_id is None else op_id
+        if not is_cluster(client):
+            # Sentinel, or a client given by the caller: redis-py may re-send; the id makes
+            # a re-sent script return its first outcome
+            keys = self._script_keys(session_id)
+            try:
+                return await script(client, keys, self._script_args(session_id, *args, op))
+            except UNAVAILABLE_ERRORS as exc:
+                raise unavailable(client, exc) from None
+            except ResponseError as exc:
+                if is_unavailable_reply(exc):
+                    raise unavailable(client, exc) from None
+                raise CoordinationError(f"Redis refused the {script.name} script: {exc}") from exc
+        deadline = time.monotonic() + CLUSTER_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return await self._run_cluster(client, script, session_id, args, op)
+            except RedisUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                client = self._heal(client)
+
+    def _heal(self, client):
+        """The client to try next after ``client`` failed: for a shared client, a new one
+        when it has not been rebuilt in the last second (redis-py's cluster client can be left
+        without nodes for good after a failover, issue 17); a caller's client is kept."""
+        if self._client is not None:
+            return self._client
+        return heal_shared_client(self.redis_url, client)
+
+    async def _run_cluster(self, client, script: SessionScript, session_id: str, args, op: str):
+        keys = self._script_keys(session_id, True)
+        outbox = keys[SESSION_KEY_COUNT - 1]
         try:
-            if pool is not None:
-                return await run_script(pool, script, keys, self._script_args(session_id, *args))
-            if not cluster:
-                return await script(client, keys, self._script_args(session_id, *args))
-            result, ops = await script.cluster(client, keys, self._script_args(session_id, *args))
+            result, pending = await script.cluster(
+                client,
+                keys,
+                self._script_args(session_id, *args, _acked.get(outbox, ""), op),
+            )
         except UNAVAILABLE_ERRORS as exc:
             raise unavailable(client, exc) from None
         except ResponseError as exc:
@@ -120,28 +233,39 @@ class RedisBacked:
                 raise unavailable(client, exc) from None
             raise CoordinationError(f"Redis refused the {script.name} script: {exc}") from exc
         except AttributeError as exc:
-            if not cluster:
-                raise
             # redis-py's cluster client, left without nodes, fails on None (issue 17)
             raise unavailable(client, exc) from None
-        if ops:
-            await self._apply_index(client, session_id, ops)
+        if pending:
+            await self._apply_index(client, session_id, outbox, pending)
+            if script is clear_session_script:
+                # a cleared session leaves no key behind: its outbox goes once applied
+                try:
+                    await outbox_ack_script(client, [outbox], [pending[-2]])
+                except (*UNAVAILABLE_ERRORS, ResponseError):
+                    pass  # the outbox expires with the session's retention
         return result
 
-    async def _apply_index(self, client, session_id: str, ops: str) -> None:
-        """Cluster mode's second step. The session's change is already done, so a failure here
-        must not be reported as a failed operation (a retried publish would be a duplicate):
-        it is retried, then logged; the next change of the session re-syncs its index entry."""
+    async def _apply_index(self, client, session_id: str, outbox: str, pending: list) -> None:
+        """Cluster mode's second step: the outbox entries the session script returned,
+        applied on the index slot (each entry once). Until it is applied the operation is
+        not reported done: a failure raises ``RedisUnavailable`` and the retry, with the same
+        operation id, returns the first outcome and applies what is still pending."""
         keys = [*self._global_keys, self.keys.applied]
-        for attempt in range(3):
-            try:
-                await apply_index_script(client, keys, [ops])
-                return
-            except (*UNAVAILABLE_ERRORS, ResponseError) as exc:
-                if attempt == 2:
-                    log.error("index update for session %r was not applied: %s", session_id, exc)
-                    return
-                await asyncio.sleep(0.05 * (attempt + 1))
+        try:
+            await apply_index_script(client, keys, [session_id, *pending])
+        except UNAVAILABLE_ERRORS as exc:
+            raise unavailable(client, exc) from None
+        except AttributeError as exc:
+            raise unavailable(client, exc) from None
+        except ResponseError as exc:
+            if is_unavailable_reply(exc):
+                raise unavailable(client, exc) from None
+            # refused (a key of the index written around the core with the wrong type):
+            # re-sending would refuse again, so the entries are dropped from the outbox
+            log.error("index update for session %r was refused: %s", session_id, exc)
+        if len(_acked) >= 4096:
+            _acked.clear()
+        _acked[outbox] = pending[-2]
 
     async def read_hashes(self, *keys: str) -> list[dict[str, str]]:
         """HGETALL of several hashes of one session, read in one atomic step."""

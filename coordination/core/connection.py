@@ -281,6 +281,55 @@ def shared_client(redis_url: str | None = None) -> aioredis.Redis:
     return client
 
 
+# When each shared client was last rebuilt (per loop and URL), so a failing cluster is not
+# hammered with new clients: at most one per second.
+_rebuilt_at: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, float]] = (
+    weakref.WeakKeyDictionary()
+)
+REBUILD_INTERVAL = 1.0
+
+
+def heal_shared_client(redis_url: str | None, broken: aioredis.Redis) -> aioredis.Redis:
+    """Replace this loop's shared client for ``redis_url`` if it is still ``broken`` and was
+    not rebuilt within ``REBUILD_INTERVAL``; return the client to use now.
+
+    Only Cluster and Sentinel clients are rebuilt: redis-py's cluster client drops startup
+    nodes on errors and can be left with none after a failover (issue 17), while a single
+    server's pool reconnects by itself. The old client is closed in the background (its
+    blocking readers finish with an error and take the new one on their retry)."""
+    url = resolve_url(redis_url)
+    loop = asyncio.get_running_loop()
+    per_loop = _clients.setdefault(loop, {})
+    current = per_loop.get(url)
+    if current is not broken or parse_url(url).kind == "single":
+        return current if current is not None else shared_client(url)
+    times = _rebuilt_at.setdefault(loop, {})
+    now = time.monotonic()
+    if now - times.get(url, 0.0) < REBUILD_INTERVAL:
+        return current
+    times[url] = now
+    fresh = per_loop[url] = new_client(url)
+    task = loop.create_task(_close_later(broken))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    return fresh
+
+
+_closing: set[asyncio.Task] = set()
+
+
+async def _close_later(client: aioredis.Redis) -> None:
+    await asyncio.sleep(MAX_CLOSE_DELAY)
+    try:
+        await client.aclose()
+    except Exception:  # noqa: BLE001 - a broken client may fail to close; it is dropped anyway
+        pass
+
+
+# Blocking reads of the old client end within their BLOCK time (5 s at most) before it closes.
+MAX_CLOSE_DELAY = 6.0
+
+
 # Anyone holding REDIS_URL can store bytes that are not UTF-8; decoding them strictly would make
 # every read of that key raise. Replaced (U+FFFD), they are shown as what they are.
 ENCODING_ERRORS = "replace"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .approvals import ApprovalsMixin
-from .base import DEFAULT_CLAIM_TTL, RedisBacked
+from .base import DEFAULT_CLAIM_TTL, RedisBacked, caller_op_id
 from .calls import command, fast_pool
 from .errors import (
     CorruptStoredValue,
@@ -103,11 +103,17 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         *,
         source: str | None = None,
         guard: bool = False,
+        idempotency_key: str | None = None,
     ) -> Event:
         """Append an event to the session; listeners receive it, late ones included.
 
         With ``guard=True`` (for agents) the event is refused with ``SessionTakenOver``,
         in the same atomic step, while a human controls the session.
+
+        ``idempotency_key`` makes a retry safe: a publish to this session with a key it has
+        seen returns the event the first one stored (or its refusal) and stores nothing. A
+        key is remembered for at least 10 minutes and the session's next 1,000 operations
+        (``scripts.OP_WINDOW_MS``, ``OP_CAP``).
         """
         etype = EventType.coerce(event_type)
         if etype in RESERVED_TYPES:
@@ -116,7 +122,16 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
                 "(claim_handoff, release_handoff, reassign_handoff, take_over, hand_back, set_state, "
                 "request_approval, decide)"
             )
-        return await self._publish(etype, data, source, strict_close=False, guard=guard)
+        op_id = caller_op_id("publish", idempotency_key) if idempotency_key is not None else None
+        event = await self._publish(
+            etype, data, source, strict_close=False, guard=guard, op_id=op_id
+        )
+        if op_id is not None:
+            # the first call's event, which a retry with other data must not misreport
+            rows = await self.call(self.redis.xrange(self._keys.events, event.id, event.id))
+            if rows:
+                return event_from_fields(self.session_id, rows[0][0], rows[0][1])
+        return event
 
     async def _publish(
         self,
@@ -125,6 +140,7 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         source: str | None,
         strict_close: bool,
         guard: bool = False,
+        op_id: str | None = None,
     ) -> Event:
         payload = dict(data) if data is not None else {}
         text = encode_payload(payload, self.max_payload_bytes)
@@ -144,6 +160,7 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
             "1" if strict_close else "0",
             "1" if guard else "0",
             queue,
+            op_id=op_id,
         )
         if result[0] == 0:
             if result[1] == "human":
@@ -441,7 +458,7 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
     async def clear(self) -> None:
         """Remove the session's events, state, claim, approvals, saved runs and index entries
         in one atomic step."""
-        await self._run(clear_session_script, self.session_id)
+        await self._run(clear_session_script, self.session_id, op_id="")
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,10 @@ class InvalidCursor(CoordinationError, ValueError):
     """A pagination cursor or event id is malformed."""
 
 
+class InvalidIdempotencyKey(CoordinationError, ValueError):
+    """An ``idempotency_key`` that is not a string of 1-256 characters."""
+
+
 class CorruptStoredValue(CoordinationError, ValueError):
     """A stored value is not what the core writes (someone wrote the key around the core)."""
 

@@ -584,7 +584,7 @@ class SessionIndex(RedisBacked):
                 alive = await self.call(pipe.execute())
             ids = [sid for sid, exists in zip(ids, alive, strict=True) if not exists]
         for sid in ids:
-            await self._run(clear_session_script, sid)
+            await self._run(clear_session_script, sid, op_id="")
         if is_cluster(self.redis):
             await self._prune_tombstones(cutoff, batch)
         return len(ids)
@@ -599,7 +599,8 @@ class SessionIndex(RedisBacked):
         self._tombstone_cursor = cursor
         stale = []
         for sid, raw in fields.items():
-            last_id, status, _owner = json.loads(raw)
+            record = json.loads(raw)  # [last id, status, owner(, last outbox entry)]
+            last_id, status = record[0], record[1]
             if status == "" and int(last_id.partition("-")[0]) < cutoff_ms:
                 stale.append(sid)
         if stale:

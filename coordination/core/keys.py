@@ -78,6 +78,12 @@ class SessionKeys:
     approvals: str
     # saved agent runs waiting on approvals (name -> JSON), kept out of the shared state
     runs: str
+    # operation id -> first outcome, in two generations (see scripts.OPS): a retried
+    # operation returns what the first attempt did instead of acting twice (issue 17)
+    ops: str
+    ops_prev: str
+    # Cluster mode only: index writes not yet acknowledged as applied on the index slot
+    outbox: str
 
     def all(self) -> list[str]:
         """In the order the scripts' KEYS expect (scripts.PRELUDE)."""
@@ -89,6 +95,9 @@ class SessionKeys:
             self.versions,
             self.approvals,
             self.runs,
+            self.ops,
+            self.ops_prev,
+            self.outbox,
         ]
 
 
@@ -149,6 +158,9 @@ class Keyspace:
             versions=f"{base}:statever",
             approvals=f"{base}:approvals",
             runs=f"{base}:runs",
+            ops=f"{base}:ops",
+            ops_prev=f"{base}:ops-prev",
+            outbox=f"{base}:outbox",
         )
 
     def global_keys(self) -> list[str]:

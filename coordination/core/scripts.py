@@ -18,7 +18,17 @@ from redis.exceptions import NoScriptError
 from .keys import Keyspace
 
 # A session script's KEYS start with the session's own keys (``SessionKeys.all()``).
-SESSION_KEY_COUNT = 7
+SESSION_KEY_COUNT = 10
+
+# Operation ids (issue 17): each session script's last ARGV is an operation id ('' = none).
+# Its first outcome is kept in the session's ``ops`` hash; a retry with the same id (after a
+# lost answer: ours, redis-py's cluster retry, or the caller's ``idempotency_key``) returns
+# that outcome without acting again. The hash is bounded: it moves to ``ops_prev`` (dropping
+# the generation before) when it is OP_WINDOW_MS old or holds OP_CAP ids, so an id is
+# remembered for at least OP_WINDOW_MS and at least OP_CAP later operations of the session,
+# and for at most 2 * OP_WINDOW_MS.
+OP_WINDOW_MS = 600_000
+OP_CAP = 1000
 
 
 def lua_key_table(keys: str, offset: int) -> str:
@@ -42,19 +52,19 @@ local G = {}
 local OPS = nil
 local G_CACHE, G_CACHED = {}, 0
 local function bind(KEYS)
-  local g = G_CACHE[KEYS[8]]
+  local g = G_CACHE[KEYS[@G1@]]
   if g == nil then
     g = """
     + lua_key_table("KEYS", SESSION_KEY_COUNT)
     + r"""
     if G_CACHED >= 64 then G_CACHE, G_CACHED = {}, 0 end
-    G_CACHE[KEYS[8]], G_CACHED = g, G_CACHED + 1
+    G_CACHE[KEYS[@G1@]], G_CACHED = g, G_CACHED + 1
   end
   G = g
 end
 local function idx(cmd, name, ...) return redis.call(cmd, G[name], ...) end
 """
-)
+).replace("@G1@", str(SESSION_KEY_COUNT + 1))
 
 # On Redis Cluster a script may only touch one slot, so a session script gets only its own
 # keys and returns the global writes for APPLY_INDEX to run on the index slot. The session's
@@ -80,9 +90,11 @@ end
 # instead of on every call (EVALSHA runs the whole text each time: ~8 us of a ~44 us publish
 # on the benchmark machine, INFO commandstats). TIME is asked only when a script needs the
 # clock (``now()``), since most publishes do not (the stream id gives the event's time).
-PRELUDE = r"""
+PRELUDE = (
+    r"""
 local SID, STREAM_CAP, FEED_CAP, RETENTION
 local K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS
+local K_OPS, K_OPS_PREV, K_OUTBOX, OP
 local STATUSES = {'active', 'waiting', 'escalated', 'human', 'closed'}
 local CLEARED_ID, NOW_MS
 
@@ -90,8 +102,30 @@ local function setup(KEYS, ARGV)
   SID, STREAM_CAP, FEED_CAP, RETENTION = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
   K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
   K_APPROVALS, K_RUNS = KEYS[6], KEYS[7]
+  K_OPS, K_OPS_PREV, K_OUTBOX = KEYS[8], KEYS[9], KEYS[10]
+  OP = ARGV[#ARGV]
   CLEARED_ID, NOW_MS = nil, nil
   bind(KEYS)
+end
+
+-- The first outcome of this call's operation id, if it ran before (see OP_WINDOW_MS).
+local function op_seen()
+  if OP == '' then return nil end
+  local raw = redis.call('HGET', K_OPS, OP) or redis.call('HGET', K_OPS_PREV, OP)
+  if raw then return cjson.decode(raw) end
+  return nil
+end
+
+local function op_done(result)
+  if OP == '' then return result end
+  local ttl = redis.call('PTTL', K_OPS)
+  if ttl >= 0 and (ttl < @WINDOW@ or redis.call('HLEN', K_OPS) >= @CAP@) then
+    redis.call('RENAME', K_OPS, K_OPS_PREV)
+    ttl = -2
+  end
+  redis.call('HSET', K_OPS, OP, cjson.encode(result))
+  if ttl < 0 then redis.call('PEXPIRE', K_OPS, @WINDOW2@) end
+  return result
 end
 
 local function now()
@@ -195,26 +229,89 @@ local function emit(etype, data, source, new_status, old_status, ttl_ms)
   count('events:' .. etype)
   return id
 end
+""".replace("@WINDOW@", str(OP_WINDOW_MS))
+    .replace("@WINDOW2@", str(2 * OP_WINDOW_MS))
+    .replace("@CAP@", str(OP_CAP))
+)
+
+# How a session script's body runs on one server: once per operation id.
+SINGLE_SERVER_CALL = """setup(KEYS, ARGV)
+local seen = op_seen()
+if seen then return seen end
+return op_done((function()
+@BODY@
+end)())
 """
+
+
+def _once(body: str) -> str:
+    return SINGLE_SERVER_CALL.replace("@BODY@", body)
+
 
 # Cluster mode: the script's body runs as a function, then the global writes are returned.
 CLUSTER_EPILOGUE = r"""
-local result = body()
-if #OPS == 0 and CLEARED_ID == nil then return {result, ''} end
-local m = redis.call('HMGET', K_META, 'status', 'owner', 'escalated_ms', 'last_ms', 'last_id')
-if m[5] then
-  table.insert(OPS, {'SYNC', SID, m[5], m[1] or '', m[2] or '', m[3] or '', m[4] or ''})
-elseif CLEARED_ID ~= nil and CLEARED_ID ~= '' then
-  table.insert(OPS, {'SYNC', SID, CLEARED_ID, '', '', '', ''})
-elseif CLEARED_ID ~= nil then
-  -- the session's keys had already expired (prune): nothing to order against
-  table.insert(OPS, {'DROP', SID})
+local result = op_seen()
+if result == nil then
+  result = body()
+  if #OPS > 0 or CLEARED_ID ~= nil then
+    local m = redis.call('HMGET', K_META, 'status', 'owner', 'escalated_ms', 'last_ms', 'last_id')
+    if m[5] then
+      table.insert(OPS, {'SYNC', SID, m[5], m[1] or '', m[2] or '', m[3] or '', m[4] or ''})
+    elseif CLEARED_ID ~= nil and CLEARED_ID ~= '' then
+      table.insert(OPS, {'SYNC', SID, CLEARED_ID, '', '', '', ''})
+    elseif CLEARED_ID ~= nil then
+      -- the session's keys had already expired (prune): nothing to order against
+      table.insert(OPS, {'DROP', SID})
+    end
+    -- The index writes wait in the session's outbox (same slot, same atomic step) until a
+    -- client reports them applied on the index slot: a lost answer, a failed second step or
+    -- a failover of the index slot's primary leaves them here for the next call to apply.
+    -- Entries are numbered "<epoch ms>-<n>"; APPLY_INDEX applies each number once.
+    if redis.call('HSETNX', K_OUTBOX, 'e', now()) == 1 then
+      redis.call('HSET', K_OUTBOX, 'lo', 1)
+    end
+    local n = redis.call('HINCRBY', K_OUTBOX, 'n', 1)
+    redis.call('HSET', K_OUTBOX, n, cjson.encode(OPS))
+    redis.call('PEXPIRE', K_OUTBOX, RETENTION)
+  end
+  op_done(result)
 end
-return {result, cjson.encode(OPS)}
+-- ARGV[#ARGV - 1]: the newest entry this process saw applied ('' = none): drop it and older
+local box = redis.call('HMGET', K_OUTBOX, 'e', 'lo', 'n')
+if not box[1] then return {result, ''} end
+local lo, n = tonumber(box[2]), tonumber(box[3])
+local ack_e, ack_n = string.match(ARGV[#ARGV - 1], '^(%d+)-(%d+)$')
+if ack_e == box[1] then
+  ack_n = math.min(tonumber(ack_n), n)
+  for i = lo, ack_n do redis.call('HDEL', K_OUTBOX, i) end
+  if ack_n >= lo then lo = ack_n + 1 end
+  if lo > n then
+    redis.call('DEL', K_OUTBOX)
+    return {result, ''}
+  end
+  redis.call('HSET', K_OUTBOX, 'lo', lo)
+end
+if n - lo >= 1000 then
+  -- the index slot has been away for 1,000 changes of this session: keep the newest
+  for i = lo, n - 1000 do redis.call('HDEL', K_OUTBOX, i) end
+  lo = n - 999
+  redis.call('HSET', K_OUTBOX, 'lo', lo)
+end
+local pending = {}
+for i = lo, n do
+  local entry = redis.call('HGET', K_OUTBOX, i)
+  if entry then
+    table.insert(pending, box[1] .. '-' .. i)
+    table.insert(pending, entry)
+  end
+end
+return {result, pending}
 """
 
 # Cluster mode, second step, on the index slot. KEYS: the global keys, then the applied-state
-# hash. ARGV[1]: the operations a session script returned, as JSON.
+# hash. ARGV[1]: the session id; then pairs of an outbox entry's number and its operations
+# (JSON), oldest first. Each number is applied once (the 4th item of ``APPLIED[sid]``), so a
+# re-sent or re-read entry changes nothing.
 APPLY_INDEX = (
     "local G = "
     + lua_key_table("KEYS", 0)
@@ -268,10 +365,10 @@ local function sync(sid, v, status, owner, esc_ms, last_ms)
     redis.call('ZADD', G.activity, last_ms, sid)
     redis.call('ZADD', G.names, 0, sid)
   end
-  redis.call('HSET', APPLIED, sid, cjson.encode({v, status, owner}))
+  redis.call('HSET', APPLIED, sid, cjson.encode({v, status, owner, raw and cjson.decode(raw)[4] or ''}))
 end
 
-for _, op in ipairs(cjson.decode(ARGV[1])) do
+local function apply(op)
   local cmd = op[1]
   if cmd == 'SYNC' then
     sync(op[2], op[3], op[4], op[5], op[6], op[7])
@@ -295,7 +392,29 @@ for _, op in ipairs(cjson.decode(ARGV[1])) do
     redis.call(cmd, G[op[2]], unpack(op, 3))
   end
 end
-return 1
+
+-- The session's record ends with the number of the last outbox entry applied.
+local function record(sid)
+  local raw = redis.call('HGET', APPLIED, sid)
+  if raw then return cjson.decode(raw) end
+  return nil
+end
+local sid = ARGV[1]
+local rec = record(sid)
+local last = (rec and rec[4]) or ''
+local before = last
+for i = 2, #ARGV, 2 do
+  if newer(ARGV[i], last) then
+    for _, op in ipairs(cjson.decode(ARGV[i + 1])) do apply(op) end
+    last = ARGV[i]
+  end
+end
+if last ~= before then
+  rec = record(sid) or {'0-0', '', ''}
+  rec[4] = last
+  redis.call('HSET', APPLIED, sid, cjson.encode(rec))
+end
+return last
 """
 )
 
@@ -522,7 +641,7 @@ idx('ZREM', 'activity', SID)
 idx('ZREM', 'names', SID)
 idx('ZREM', 'esc', SID)
 for _, aid in ipairs(redis.call('HKEYS', K_APPROVALS)) do idx('ZREM', 'approvals', SID .. '\0' .. aid) end
-return redis.call('DEL', K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS)
+return redis.call('DEL', K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS, K_OPS, K_OPS_PREV)
 """
 
 # An approval record is JSON written by cjson here. Values given as JSON text (args, reason,
@@ -674,7 +793,7 @@ class SessionScript(Script):
     ``apply_index_script`` must apply."""
 
     def __init__(self, name: str, body: str) -> None:
-        super().__init__(name, SINGLE_SERVER_KEYS + PRELUDE + "setup(KEYS, ARGV)\n" + body)
+        super().__init__(name, SINGLE_SERVER_KEYS + PRELUDE + _once(body))
         self.body = body
         self.function = ""  # set by FunctionLibrary
         self.cluster = Script(
@@ -698,7 +817,7 @@ class FunctionLibrary:
         for script in scripts:
             code += (
                 f"redis.register_function('@NAME@_{script.name}', function(KEYS, ARGV)\n"
-                f"setup(KEYS, ARGV)\n{script.body}\nend)\n"
+                f"{_once(script.body)}end)\n"
             )
         self.name = "coord_" + hashlib.sha1(code.encode()).hexdigest()[:16]
         self.source = f"#!lua name={self.name}\n" + code.replace("@NAME@", self.name)
@@ -736,6 +855,20 @@ LIBRARY = FunctionLibrary(
 )
 heartbeat_script = Script("heartbeat", HEARTBEAT)
 apply_index_script = Script("apply_index", APPLY_INDEX)
+# Cluster mode: drop a session's outbox entries up to ARGV[1] ("<epoch>-<n>", applied).
+outbox_ack_script = Script(
+    "outbox_ack",
+    r"""
+local box = redis.call('HMGET', KEYS[1], 'e', 'lo', 'n')
+local e, n = string.match(ARGV[1], '^(%d+)-(%d+)$')
+if not box[1] or e ~= box[1] then return 0 end
+n = math.min(tonumber(n), tonumber(box[3]))
+for i = tonumber(box[2]), n do redis.call('HDEL', KEYS[1], i) end
+if n >= tonumber(box[3]) then return redis.call('DEL', KEYS[1]) end
+if n >= tonumber(box[2]) then redis.call('HSET', KEYS[1], 'lo', n + 1) end
+return 1
+""",
+)
 # Reads several hashes of one session (one slot) atomically; a Cluster pipeline cannot MULTI.
 read_hashes_script = Script(
     "read_hashes",

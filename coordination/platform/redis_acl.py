@@ -79,6 +79,7 @@ AGENT_DATA_COMMANDS = (
     "pexpire",
     "pttl",
     "del",
+    "rename",  # the operation ids' generations (core/scripts.py OP_WINDOW_MS); both keys are the session's
     "xadd",
     "zadd",
     "zrem",
