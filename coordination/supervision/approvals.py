@@ -131,6 +131,13 @@ async def decide(
         refusal = explain(UnknownApproval(session_id, approval_id))
         await _record(index, actor, action, session_id, None, None, "refused", str(refusal))
         raise refusal
+
+    async def record_outcome(outcome: str, detail: str) -> None:
+        """The audit entry, with the approval as it was before and as it is now."""
+        after = await coord.get_approval(approval_id)
+        before_, after_ = approval_snapshot(before), approval_snapshot(after)
+        await _record(index, actor, action, session_id, before_, after_, outcome, detail)
+
     try:
         await coord.decide(
             approval_id,
@@ -142,33 +149,12 @@ async def decide(
         )
     except CoordinationError as exc:
         refusal = explain(exc)
-        after = await coord.get_approval(approval_id)
-        await _record(
-            index,
-            actor,
-            action,
-            session_id,
-            approval_snapshot(before),
-            approval_snapshot(after),
-            "refused",
-            str(refusal),
-        )
+        await record_outcome("refused", str(refusal))
         raise refusal from exc
-    after = await coord.get_approval(approval_id)
     tool = short_text(before.action, 80)
     if approved:
         text = f"Approved {tool}" + (" with edited arguments." if args is not None else ".")
     else:
         text = f"Rejected {tool}."
-    detail = text + (f" Message: {message[:200]}" if message else "")
-    await _record(
-        index,
-        actor,
-        action,
-        session_id,
-        approval_snapshot(before),
-        approval_snapshot(after),
-        "done",
-        detail,
-    )
+    await record_outcome("done", text + (f" Message: {message[:200]}" if message else ""))
     return text

@@ -3,7 +3,6 @@ supervisor's takeover stops the fleet in that session."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -11,6 +10,8 @@ from playwright.sync_api import expect
 
 from coordination import EventType
 from coordination.devtools.demo import FleetSettings
+
+from ..waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -29,14 +30,6 @@ def fleet(start_fleet):
     return start_fleet(settings)
 
 
-def wait_for(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
 def test_overview_is_live_and_takeover_stops_the_fleet(asgi_server, page_factory, fleet, core):
     page = page_factory(asgi_server.url)
     page.goto(f"{asgi_server.url}/")
@@ -51,7 +44,9 @@ def test_overview_is_live_and_takeover_stops_the_fleet(asgi_server, page_factory
     # may finish (escalate) between our pick and the click; then pick another one.
     outcomes = []
     for _ in range(10):
-        wait_for(lambda: any(not t.done() for t in list(fleet.workers.values())))
+        wait_until(
+            lambda: any(not t.done() for t in list(fleet.workers.values())), "a running agent"
+        )
         session_id = next(k.split("|")[0] for k, t in list(fleet.workers.items()) if not t.done())
         page.goto(f"{asgi_server.url}/sessions/{session_id}/")
         expect(page.locator("#session-actions")).to_be_visible()
@@ -63,7 +58,9 @@ def test_overview_is_live_and_takeover_stops_the_fleet(asgi_server, page_factory
         if result.inner_text().strip() == "The session is closed.":
             continue  # the agent closed it between the page load and the click
         expect(result).to_have_text("You now control this session.")
-        wait_for(lambda sid=session_id: fleet.outcomes.get(sid) is not None)
+        wait_until(
+            lambda sid=session_id: fleet.outcomes.get(sid) is not None, "the session's outcome"
+        )
         outcomes.append(fleet.outcomes[session_id])
         events = core.run(session_id, lambda c: c.events(limit=1000))
         takeover = max(i for i, e in enumerate(events) if e.type is EventType.HUMAN_TAKEOVER)
