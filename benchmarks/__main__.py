@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from . import core_ops, dashboard
+from . import core_ops, dashboard, fanout
 from .common import EmbeddedRedis, drop_namespace, new_namespace, redis_url
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument(
         "--machine", default=os.environ.get("BENCH_MACHINE") or socket.gethostname()
     )
-    parser.add_argument("--only", choices=["core", "dashboard"], help="run one group")
+    parser.add_argument("--only", choices=["core", "dashboard", "fanout"], help="run one group")
     parser.add_argument(
         "--core-on-shared",
         action="store_true",
@@ -48,6 +48,9 @@ def main() -> None:
     rows = []
     started = time.time()
     try:
+        if args.only == "fanout":
+            rows += run_fanout(dashboard.Site(url, namespace), full)
+            return report(rows, args.machine + "-fanout", full, time.time() - started, url)
         if args.only != "dashboard":
             rows += run_core_on_private_server(url, namespace, full, args.core_on_shared)
         if args.only == "core":
@@ -71,6 +74,8 @@ def main() -> None:
                 rows.append(soak)
         finally:
             server.stop()
+        if args.only is None:
+            rows += run_fanout(site, full)
     finally:
         drop_namespace(url, namespace)
         if embedded:
@@ -96,6 +101,12 @@ def run_core_on_private_server(url, namespace, full, on_shared):
     finally:
         if server is not None:
             server.stop()
+
+
+def run_fanout(site, full):
+    """Open overview pages while agents publish 50 events/s: /healthz latency (fanout.py)."""
+    runs = [(1000, 30, 1), (1000, 30, 2)] if full else [(200, 15, 1)]
+    return [asyncio.run(fanout.bench_fanout(site, *run)) for run in runs]
 
 
 async def run_core(url, ns, full):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import re
@@ -278,7 +279,8 @@ OVERVIEW_PARTS = (
     "coordination/_approvals.html#overview-approvals",
     "coordination/_pickup.html#overview-pickup",
 )
-NOTICES_KEPT = 8  # notices whose shared work is kept (pages that lag reuse it)
+NOTICES_KEPT = 8
+FAN_OUT_SLICE = 50  # notices whose shared work is kept (pages that lag reuse it)
 NOTICE_KEY_CHARS = 200
 # Rendered in place of a page's CSRF token, then replaced by the page's own (escaped) token.
 # Random per process: agent-written text cannot contain it, so only the form fields get it.
@@ -331,6 +333,19 @@ class NoticeWork:
         return text
 
 
+# Labels the page's script keeps current every second from the element's own timestamp
+# (app.js refreshTimes: "12s ago", "4m left"): a part whose labels alone changed is not sent
+# again. Only template-made tags match: agent-written text is escaped and holds no "<".
+_TICKING_LABEL = re.compile(
+    r'(<(time|span)\b[^<>]*\bdata-(?:ts|sla-clock|expires)="-?[0-9]+"[^<>]*>)[^<]*(</\2>)'
+)
+
+
+def steady_text(text: str) -> str:
+    """``text`` without the labels the page's script keeps current (for comparing only)."""
+    return _TICKING_LABEL.sub(r"\1\3", text)
+
+
 def with_csrf_token(text: str, token: str) -> str:
     """The shared text with this page's token where ``{% csrf_token %}`` put the mark: the same
     markup as rendering with the token (``format_html`` escapes it the same way)."""
@@ -343,10 +358,92 @@ def _csrf_variant(token: str) -> str:
     return token if token in ("", "NOTPROVIDED") else CSRF_MARK
 
 
-class SessionsConsumer(LoginRequiredConsumer):
-    """The overview and the sessions list: coalesced ``sessions.changed`` notices from the relay."""
+class NoticeHub:
+    """The process's one member of ``SESSIONS_GROUP``: it receives each notice once and hands
+    it to the open overview and list pages of the process in turn, in one pass.
 
-    layer_message_types = frozenset({"sessions.changed"})
+    Each page in the group had the notice delivered on its own (a queue, a task wake-up, the
+    seal checked, the message unpacked, a dispatch), which was most of what a page still cost
+    per notice once reads and renders were shared; and every step of those 1,000 deliveries
+    was one more turn of the event loop that /healthz waited behind."""
+
+    _hubs: dict[tuple, NoticeHub] = {}
+
+    def __init__(self, layer, key: tuple) -> None:
+        self.layer = layer
+        self.key = key
+        self.pages: dict[SessionsConsumer, None] = {}  # an ordered set
+        loop = asyncio.get_running_loop()
+        self.ready = loop.create_future()
+        self.task = loop.create_task(self._run())
+
+    @classmethod
+    async def join(cls, page: SessionsConsumer) -> NoticeHub:
+        """Add ``page``; returns once the hub is in the group (notices sent after this reach
+        the page)."""
+        key = (asyncio.get_running_loop(), id(page.channel_layer))
+        hub = cls._hubs.get(key)
+        if hub is None or hub.task.done():
+            hub = cls._hubs[key] = cls(page.channel_layer, key)
+        hub.pages[page] = None
+        try:
+            await asyncio.shield(hub.ready)
+        except BaseException:
+            hub.leave(page)
+            raise
+        return hub
+
+    def leave(self, page: SessionsConsumer) -> None:
+        self.pages.pop(page, None)
+        if not self.pages:
+            self.task.cancel()
+            if self._hubs.get(self.key) is self:
+                del self._hubs[self.key]
+
+    async def _run(self) -> None:
+        try:
+            channel = await self.layer.new_channel("sessions-hub.")
+            await self.layer.group_add(SESSIONS_GROUP, channel)
+        except BaseException as exc:
+            self.ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+            raise
+        self.ready.set_result(None)
+        try:
+            while True:
+                message = await self.layer.receive(channel)
+                if message.get("type") != "sessions.changed":
+                    log.warning("the sessions hub ignored a %.60r message", message.get("type"))
+                    continue
+                await self.fan_out(message)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.layer.group_discard(SESSIONS_GROUP, channel)
+
+    async def fan_out(self, message: dict) -> None:
+        """Every page of this process, in turn: the first reads and renders (awaited), the
+        others take the text and queue their frame, ``FAN_OUT_SLICE`` pages between two
+        yields to the event loop."""
+        key = _notice_key(message)
+        work = NoticeWork.of(key) if key else NoticeWork()
+        failed = 0
+        for n, page in enumerate(list(self.pages)):
+            if n and not n % FAN_OUT_SLICE:
+                # let the requests and the frames queued meanwhile through (/healthz waits
+                # for a slice of pages, not for all of them)
+                await asyncio.sleep(0)
+            try:
+                await page.sessions_changed(message, work)
+            except Exception:
+                failed += 1
+                if failed == 1:
+                    log.exception("a live update failed (further failures are counted)")
+        if failed > 1:
+            log.warning("a live update failed for %d pages", failed)
+
+
+class SessionsConsumer(LoginRequiredConsumer):
+    """The overview and the sessions list: coalesced ``sessions.changed`` notices from the relay,
+    handed over by the process's ``NoticeHub``."""
 
     async def connect(self):
         # a query string that is not UTF-8 is malformed input, not a reason to fail the socket
@@ -361,27 +458,22 @@ class SessionsConsumer(LoginRequiredConsumer):
         digests = query.get("rows", "").split(",")[:MAX_SHOWN_ROWS]
         self.shown = {f"session-{d}" for d in digests if _ROW_DIGEST.fullmatch(d)}
         self.index = session_index()
-        await self.channel_layer.group_add(SESSIONS_GROUP, self.channel_name)
+        self._hub = await NoticeHub.join(self)
         await self.accept()
 
     async def disconnect(self, code):
-        await self.channel_layer.group_discard(SESSIONS_GROUP, self.channel_name)
+        hub = getattr(self, "_hub", None)
+        if hub is not None:
+            hub.leave(self)
 
     async def receive_json(self, content, **kwargs):
         if isinstance(content, dict) and "resume" in content and self.view == "overview":
             await self._send_overview()  # after a reconnect, redraw what may have changed
 
-    async def dispatch(self, message):
-        # Channels runs close_old_connections() in the one database thread before every
-        # handler; for a notice (which touches no database) that was a thread hop per page
-        # and notice, and /healthz's own database check queued behind 1,000 of them.
-        if message.get("type") == "sessions.changed":
-            await self.sessions_changed(message)
-        else:
-            await super().dispatch(message)
-
-    async def sessions_changed(self, message):
-        work = NoticeWork.of(_notice_key(message))
+    async def sessions_changed(self, message: dict, work: NoticeWork) -> None:
+        # Called by the hub, not dispatched by Channels: no close_old_connections() thread hop
+        # per page and notice (a notice touches no database; /healthz's database check used
+        # to queue behind 1,000 of them).
         try:
             if self.view == "overview":
                 await self._send_overview(work)
@@ -391,8 +483,9 @@ class SessionsConsumer(LoginRequiredConsumer):
             log.warning("live update skipped: %s", exc)
 
     async def _send_overview(self, work: NoticeWork | None = None):
-        """The overview's live parts that changed since this socket last sent them (all of
-        them the first time, and after a reconnect: the page asks with ``resume``)."""
+        """The overview's live parts that changed since this socket last sent them, ticking
+        labels aside (all of them the first time, and after a reconnect: the page asks with
+        ``resume``)."""
         fresh = work is None
         work = work or NoticeWork()
         context = await work.read("overview", lambda: overview_context(self.index))
@@ -402,14 +495,11 @@ class SessionsConsumer(LoginRequiredConsumer):
         sent = self._overview_sent = {} if fresh else getattr(self, "_overview_sent", {})
         changed = []
         for template in OVERVIEW_PARTS:
-            text = work.text(
-                ("overview", template, self.can_intervene, token),
-                lambda template=template: render_to_string(template, context),
-            )
-            # pre-token text, shared by the pages of this process: equal and usually the
-            # same object when nothing changed
-            if sent.get(template) is not text and sent.get(template) != text:
-                sent[template] = text
+            key = ("overview", template, self.can_intervene, token)
+            text = work.text(key, lambda template=template: render_to_string(template, context))
+            steady = work.text(("steady", *key), lambda text=text: steady_text(text))
+            if sent.get(template) != steady:
+                sent[template] = steady
                 changed.append(text)
         if changed:
             await self.send(text_data=with_csrf_token("".join(changed), self.csrf_token))

@@ -25,6 +25,7 @@ from coordination.platform.core_clients import session_index
 from coordination.realtime import consumers
 from coordination.realtime.groups import SESSIONS_GROUP
 from coordination.realtime.routing import websocket_urlpatterns
+from coordination.templatetags.coordination_tags import reltime
 
 # transactional: the consumer's database_sync_to_async closes the connection it finds (see
 # tests/web/test_interventions.py)
@@ -188,6 +189,35 @@ def test_a_notice_without_a_name_is_not_shared(coord, supervisor):
     assert 'hx-swap-oob="delete"' in deleted
 
 
+def test_pages_of_a_process_share_one_member_of_the_sessions_group(coord, supervisor, viewer):
+    """One hub per process receives each notice once and hands it to every page; when the
+    last page closes it leaves the group."""
+    async_to_sync(coord("s-1").publish)(EventType.MESSAGE, {})
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+
+        def hubs():
+            return [h for key, h in consumers.NoticeHub._hubs.items() if key[0] is loop]
+
+        pages = [await page(supervisor, "view=overview"), await page(viewer, "view=list&first=1")]
+        assert len(hubs()) == 1 and len(hubs()[0].pages) == 2
+        hub = hubs()[0]
+        layer = get_channel_layer()._get_layer()
+        group = layer._get_group_channel_name(SESSIONS_GROUP)
+        assert len(layer.groups[group]) == 1  # the hub, not one member per page
+        await notice(f"{RUN}:4:1", ["s-1"])
+        assert 'id="overview-stats"' in await pages[0].receive_from(timeout=10)
+        assert 'data-session-id="s-1"' in await pages[1].receive_from(timeout=10)
+        for p in pages:
+            await p.disconnect()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hub.task
+        assert hubs() == [] and not layer.groups.get(group)
+
+    async_to_sync(scenario)()
+
+
 def test_sockets_of_a_process_share_one_redis_watch(supervisor, viewer):
     async def scenario():
         loop = asyncio.get_running_loop()
@@ -208,3 +238,26 @@ def test_sockets_of_a_process_share_one_redis_watch(supervisor, viewer):
         assert watch.task.cancelled()
 
     async_to_sync(scenario)()
+
+
+def test_only_labels_the_page_keeps_current_are_left_out_of_the_comparison():
+    """A part whose "12s ago" / "4m left" labels alone changed is not sent again (app.js
+    redraws them every second from data-ts / data-sla-clock); any other change is."""
+    stamp = reltime(1_700_000_000.0)
+    label = re.search(r">([^<]*)</time>", stamp).group(1)
+    clock = '<span class="sla-clock" data-sla-clock="1700000100000">{}</span>'
+    row = '<td>{} · {} <span class="tag tag-warn" data-sla-deadline="1"{}>over SLA</span> {}</td>'
+    # agent-written text is escaped: a look-alike <time> from an agent is compared as it is
+    agent = escape('<time data-ts="1">{}</time>')
+    before = row.format(stamp, clock.format("4m left"), " hidden", agent.format("a"))
+    later = row.format(
+        stamp.replace(f">{label}<", ">9h 1m<"),
+        clock.format("3m left"),
+        " hidden",
+        agent.format("a"),
+    )
+    assert consumers.steady_text(before) == consumers.steady_text(later)
+    over = later.replace(" hidden", "")
+    assert consumers.steady_text(over) != consumers.steady_text(before)
+    agent_edit = later.replace(agent.format("a"), agent.format("b"))
+    assert consumers.steady_text(agent_edit) != consumers.steady_text(before)
