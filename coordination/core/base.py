@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from .calls import fast_pool, run_script
+from .calls import NotReplicated, fast_pool, run_cluster_script, run_script, wait_command
 from .connection import (
     UNAVAILABLE_ERRORS,
     heal_shared_client,
@@ -102,6 +102,8 @@ class RedisBacked:
         retention: timedelta | float = DEFAULT_RETENTION,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         clock: Callable[[], float] = time.time,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         self.redis_url = resolve_url(redis_url) if client is None else redis_url
         self._client = client
@@ -120,6 +122,18 @@ class RedisBacked:
         # Wall-clock seconds for decisions made in Python (what has outlived the retention);
         # tests move it instead of waiting for the real clock.
         self.clock = clock
+        # Durability (docs/reliability.md): with ``wait_replicas`` N > 0 every write is
+        # followed, on the same connection, by WAIT N: an operation is reported done only once
+        # N replicas have it (else RedisUnavailable after ``wait_timeout`` seconds; the write
+        # is on the primary, and a retry with the same operation id waits again).
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise ValueError("wait_replicas must be >= 0 and wait_timeout positive")
+        self.wait_replicas = int(wait_replicas)
+        self._wait = (
+            wait_command(self.wait_replicas, max(1, int(wait_timeout * 1000)))
+            if self.wait_replicas
+            else None
+        )
         self._global_keys = self.keys.global_keys()
         self._keys_cache: dict[str, list[str]] = {}
 
@@ -177,7 +191,11 @@ class RedisBacked:
                         *args,
                         new_op_id() if op_id is None else op_id,
                     ],
+                    self._wait,
+                    self.wait_replicas,
                 )
+            except NotReplicated as exc:
+                raise unavailable(client, exc) from None
             except UNAVAILABLE_ERRORS as exc:
                 raise unavailable(client, exc) from None
             except ResponseError as exc:
@@ -221,12 +239,15 @@ class RedisBacked:
         keys = self._script_keys(session_id, True)
         outbox = keys[SESSION_KEY_COUNT - 1]
         try:
-            result, pending = await script.cluster(
+            result, pending = await run_cluster_script(
                 client,
+                script.cluster,
                 keys,
                 self._script_args(session_id, *args, _acked.get(outbox, ""), op),
+                self._wait,
+                self.wait_replicas,
             )
-        except UNAVAILABLE_ERRORS as exc:
+        except (NotReplicated, *UNAVAILABLE_ERRORS) as exc:
             raise unavailable(client, exc) from None
         except ResponseError as exc:
             if is_unavailable_reply(exc):
@@ -252,8 +273,15 @@ class RedisBacked:
         operation id, returns the first outcome and applies what is still pending."""
         keys = [*self._global_keys, self.keys.applied]
         try:
-            await apply_index_script(client, keys, [session_id, *pending])
-        except UNAVAILABLE_ERRORS as exc:
+            await run_cluster_script(
+                client,
+                apply_index_script,
+                keys,
+                [session_id, *pending],
+                self._wait,
+                self.wait_replicas,
+            )
+        except (NotReplicated, *UNAVAILABLE_ERRORS) as exc:
             raise unavailable(client, exc) from None
         except AttributeError as exc:
             raise unavailable(client, exc) from None

@@ -23,7 +23,7 @@ import weakref
 
 import hiredis
 from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError, TryAgainError
 
 from .connection import FastConnection, FastSSLConnection
 from .scripts import LIBRARY, SessionScript
@@ -56,14 +56,17 @@ def _functions_wanted(pool: ConnectionPool) -> bool:
     return pool.connection_kwargs.get("username") in (None, "", "default")
 
 
-async def execute(pool: ConnectionPool, packed: bytes):
-    """Send one packed command on a connection of ``pool`` and read its answer."""
+async def execute(pool: ConnectionPool, packed: bytes, wait: bytes | None = None, wanted: int = 0):
+    """Send one packed command on a connection of ``pool`` and read its answer; with ``wait``
+    (a packed WAIT), send that in the same write and require ``wanted`` replicas."""
     connection = pool.get_available_connection()
     try:
         if not connection.is_connected:
             await connection.connect()
-        await connection.send_packed_command((packed,))
-        return await connection.read_response()
+        if wait is None:
+            await connection.send_packed_command((packed,))
+            return await connection.read_response()
+        result, acked = await _send(connection, [packed, wait])
     except ResponseError:
         raise  # an answer: the connection is in step
     except BaseException:
@@ -73,6 +76,13 @@ async def execute(pool: ConnectionPool, packed: bytes):
     finally:
         pool._in_use_connections.discard(connection)
         pool._available_connections.append(connection)
+    if isinstance(result, BaseException):
+        raise result
+    if isinstance(acked, BaseException):
+        raise acked
+    if int(acked) < wanted:
+        raise NotReplicated(int(acked), wanted)
+    return result
 
 
 async def command(pool: ConnectionPool, *args):
@@ -80,30 +90,40 @@ async def command(pool: ConnectionPool, *args):
     return await execute(pool, hiredis.pack_command(args))
 
 
-async def run_script(pool: ConnectionPool, script: SessionScript, keys: list, args: list):
+async def run_script(
+    pool: ConnectionPool,
+    script: SessionScript,
+    keys: list,
+    args: list,
+    wait: bytes | None = None,
+    wanted: int = 0,
+):
     """Run a session script on one server: FCALL where functions are available, else
-    EVALSHA (EVAL after NOSCRIPT)."""
+    EVALSHA (EVAL after NOSCRIPT); then ``wait`` if given (see ``execute``)."""
     mode = _modes.get(pool)
     if mode is None:
         mode = _modes[pool] = "fcall" if _functions_wanted(pool) else "evalsha"
     if mode == "fcall":
         packed = hiredis.pack_command(("FCALL", script.function, len(keys), *keys, *args))
         try:
-            return await execute(pool, packed)
+            return await execute(pool, packed, wait, wanted)
         except ResponseError as exc:
             message = str(exc)
             if "Function not found" in message or "function not found" in message.lower():
                 if await _load_library(pool):  # it did not run: load the library, call again
-                    return await execute(pool, packed)
+                    return await execute(pool, packed, wait, wanted)
             elif not _no_functions(message):
                 raise
             _modes[pool] = "evalsha"
     packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
     try:
-        return await execute(pool, packed)
+        return await execute(pool, packed, wait, wanted)
     except NoScriptError:  # it did not run: send the text
         return await execute(
-            pool, hiredis.pack_command(("EVAL", script.source, len(keys), *keys, *args))
+            pool,
+            hiredis.pack_command(("EVAL", script.source, len(keys), *keys, *args)),
+            wait,
+            wanted,
         )
 
 
@@ -122,3 +142,90 @@ async def _load_library(pool: ConnectionPool) -> bool:
         _modes[pool] = "evalsha"
         return False
     return True
+
+
+# -- Redis Cluster ------------------------------------------------------------------------
+# redis-py's cluster client re-sends a command after a connection error or a timeout (its
+# retries, and ``execute_command``'s loop over ``ERRORS_ALLOW_RETRY``), which ran a publish
+# script up to four times in issue 17. Scripts go to the slot's primary here instead, sent once
+# per attempt; the caller's loop (``RedisBacked._run``) sends again only with the same
+# operation id, so a script that did run answers with its first outcome.
+
+
+class NotReplicated(Exception):
+    """WAIT answered with fewer replicas than asked for (the write is on the primary)."""
+
+    def __init__(self, acked: int, wanted: int) -> None:
+        super().__init__(f"the write reached {acked} of {wanted} replicas in time")
+        self.acked, self.wanted = acked, wanted
+
+
+def wait_command(replicas: int, timeout_ms: int) -> bytes:
+    return hiredis.pack_command(("WAIT", replicas, timeout_ms))
+
+
+async def _send(connection, packed: list[bytes]) -> list:
+    """Send ``packed`` commands in one write and read one answer each; errors as values."""
+    await connection.send_packed_command(b"".join(packed), False)
+    answers = []
+    for _ in packed:
+        try:
+            answers.append(await connection.read_response())
+        except ResponseError as exc:
+            answers.append(exc)
+    return answers
+
+
+async def run_cluster_script(
+    client, script, keys: list, args: list, wait: bytes | None = None, wanted: int = 0
+):
+    """Run ``script`` once on the primary of ``keys[0]``'s slot (following MOVED and ASK,
+    which say it did not run there, and NOSCRIPT), then ``wait`` (a packed WAIT) on the same
+    connection. A lost answer raises; nothing is sent twice here."""
+    from redis.exceptions import AskError, MovedError
+
+    if client._initialize:
+        await client.initialize()
+    slot = client.keyslot(keys[0])
+    node = client.nodes_manager.get_node_from_slot(slot)
+    body = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    asking = False
+    for _hop in range(8):
+        packed = [hiredis.pack_command(body)]
+        if asking:
+            packed.insert(0, hiredis.pack_command(("ASKING",)))
+        if wait is not None:
+            packed.append(wait)
+        connection = node.acquire_connection()
+        try:
+            answers = await _send(connection, packed)
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            node.release(connection)
+        if asking:
+            answers.pop(0)
+            asking = False
+        result = answers[0]
+        if isinstance(result, NoScriptError):
+            body = ("EVAL", script.source, len(keys), *keys, *args)
+            continue
+        if isinstance(result, MovedError):
+            client.nodes_manager.update_moved_exception(result)
+            node = client.nodes_manager.get_node_from_slot(slot)
+            continue
+        if isinstance(result, AskError):
+            node = client.get_node(host=result.host, port=result.port) or node
+            asking = True
+            continue
+        if isinstance(result, BaseException):
+            raise result
+        if wait is not None:
+            acked = answers[-1]
+            if isinstance(acked, BaseException):
+                raise acked
+            if int(acked) < wanted:
+                raise NotReplicated(int(acked), wanted)
+        return result
+    raise TryAgainError("TRYAGAIN too many redirections")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -10,14 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .approvals import ApprovalsMixin
-from .base import DEFAULT_CLAIM_TTL, RedisBacked, caller_op_id
+from .base import CLUSTER_RETRY_SECONDS, DEFAULT_CLAIM_TTL, RedisBacked, caller_op_id
 from .calls import command, fast_pool
+from .connection import is_cluster
 from .errors import (
     CorruptStoredValue,
     InvalidCursor,
     NotHumanControlled,
     NotOwner,
     PayloadNotJSON,
+    RedisUnavailable,
     ReservedEventType,
     SessionClosed,
     SessionTakenOver,
@@ -237,6 +240,7 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         key = self._keys.events
         loop_clock = time.monotonic
         last_event_at = loop_clock()
+        failing_since, retry_delay = 0.0, 0.05
         while True:
             if timeout is None:
                 block_ms = int(MAX_BLOCK_SECONDS * 1000)
@@ -261,9 +265,24 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
                 )
                 decode = event_from_flat
             else:
-                reply = await self.call_blocking(
-                    client.xread({key: cursor}, count=SUBSCRIBE_BATCH, block=block_ms)
-                )
+                try:
+                    reply = await self.call_blocking(
+                        client.xread({key: cursor}, count=SUBSCRIBE_BATCH, block=block_ms)
+                    )
+                except RedisUnavailable:
+                    if not is_cluster(client):
+                        raise
+                    # a Cluster failing over: read again (a new shared client if this one
+                    # is broken) from the same cursor, for up to CLUSTER_RETRY_SECONDS
+                    now = loop_clock()
+                    failing_since = failing_since or now
+                    if now - failing_since > CLUSTER_RETRY_SECONDS:
+                        raise
+                    await asyncio.sleep(retry_delay)
+                    retry_delay = min(retry_delay * 2, 1.0)
+                    client = self._heal(client)
+                    continue
+                failing_since, retry_delay = 0.0, 0.05
                 decode = event_from_fields
             if not reply:
                 continue

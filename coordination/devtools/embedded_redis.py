@@ -152,14 +152,16 @@ def _cluster_port() -> int:
 
 
 class EmbeddedCluster:
-    """A local Redis Cluster of ``masters`` primaries (no replicas), for tests and development.
+    """A local Redis Cluster of ``masters`` primaries with ``replicas`` replicas each, for
+    tests and development (a failover needs replicas: ``failover``, ``kill``).
 
     The slots are assigned and the nodes introduced over the Redis protocol (CLUSTER ADDSLOTS,
     SET-CONFIG-EPOCH, MEET), so only the ``redis-server`` binary is needed, not ``redis-cli``.
     """
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
         self.masters = masters
+        self.replicas = replicas
         self.data_dir = Path(tempfile.mkdtemp(prefix="coord-cluster-"))
         self.nodes: list[EmbeddedRedis] = []
 
@@ -171,7 +173,7 @@ class EmbeddedCluster:
         import redis
 
         try:
-            for _ in range(self.masters):
+            for _ in range(self.masters * (1 + self.replicas)):
                 port = _cluster_port()
                 node = EmbeddedRedis(
                     self.data_dir / str(port),
@@ -186,13 +188,21 @@ class EmbeddedCluster:
                 self.nodes.append(node.start())
             clients = [redis.Redis(port=n.port, decode_responses=True) for n in self.nodes]
             per_node = -(-CLUSTER_SLOTS // self.masters)
-            for i, client in enumerate(clients):
+            for i, client in enumerate(clients[: self.masters]):
                 first, last = i * per_node, min(CLUSTER_SLOTS, (i + 1) * per_node)
                 client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last))
                 client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
             for node in self.nodes[1:]:
                 clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
             deadline = time.monotonic() + timeout
+            if self.replicas:
+                while not all(self._known(c) for c in clients):
+                    if time.monotonic() > deadline:
+                        raise EmbeddedRedisError(f"the nodes did not meet within {timeout}s")
+                    time.sleep(0.05)
+                ids = [c.execute_command("CLUSTER", "MYID") for c in clients[: self.masters]]
+                for j, client in enumerate(clients[self.masters :]):
+                    client.execute_command("CLUSTER", "REPLICATE", ids[j % self.masters])
             while not all(self._ready(c) for c in clients):
                 if time.monotonic() > deadline:
                     raise EmbeddedRedisError(f"the cluster did not form within {timeout}s")
@@ -211,11 +221,69 @@ class EmbeddedCluster:
         fields = dict(
             line.split(":", 1) for line in info.splitlines() if ":" in line and line.strip()
         )
-        return (
+        if not (
             fields.get("cluster_state") == "ok"
-            and fields.get("cluster_known_nodes") == str(self.masters)
+            and fields.get("cluster_known_nodes") == str(len(self.nodes))
             and fields.get("cluster_slots_ok") == str(CLUSTER_SLOTS)
-        )
+        ):
+            return False
+        replication = client.info("replication")
+        return replication.get("role") != "slave" or replication.get("master_link_status") == "up"
+
+    def _known(self, client) -> bool:
+        info = client.execute_command("CLUSTER", "INFO")
+        if isinstance(info, bytes):
+            info = info.decode()
+        return f"cluster_known_nodes:{len(self.nodes)}" in info
+
+    def _client(self, node: EmbeddedRedis):
+        import redis
+
+        return redis.Redis(port=node.port, decode_responses=True, socket_timeout=5)
+
+    def node_for_slot(self, slot: int) -> EmbeddedRedis:
+        """The live node that is the primary of ``slot`` now, as the nodes themselves say."""
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            with self._client(node) as client:
+                try:
+                    owners = client.execute_command("CLUSTER", "SLOTS")
+                except OSError:
+                    continue
+            for first, last, primary, *_ in owners:
+                if first <= slot <= last:
+                    port = int(primary[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise EmbeddedRedisError(f"no live node knows the primary of slot {slot}")
+
+    def replica_of(self, primary: EmbeddedRedis) -> EmbeddedRedis:
+        """A live replica of ``primary``."""
+        for node in self.nodes:
+            if node is primary or node.process is None or node.process.poll() is not None:
+                continue
+            with self._client(node) as client:
+                info = client.info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
+                return node
+        raise EmbeddedRedisError(f"no live replica of the node on port {primary.port}")
+
+    def failover(self, replica: EmbeddedRedis) -> None:
+        """A clean, coordinated ``CLUSTER FAILOVER`` started on ``replica``."""
+        with self._client(replica) as client:
+            client.execute_command("CLUSTER", "FAILOVER")
+
+    def restart(self, node: EmbeddedRedis) -> None:
+        """Start a killed node again on its port and data dir: it rejoins as a replica of the
+        node that took its slots over (start it only after that takeover, or it comes back as
+        an empty primary of them)."""
+        node.start()
+
+    def kill(self, node: EmbeddedRedis) -> None:
+        """``kill -9`` of one node: its replica takes over after the node timeout (3 s)."""
+        if node.process is not None:
+            node.process.kill()
+            node.process.wait(timeout=10)
 
     def stop(self) -> None:
         for node in self.nodes:
