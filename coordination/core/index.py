@@ -181,10 +181,15 @@ def _valid_session_id(session_id: str) -> bool:
 
 
 def _summary(session_id: str, meta: dict[str, str], claim: dict[str, str]) -> SessionSummary:
+    owner = meta.get("owner")
+    if owner and owner != meta.get("controller") and owner != claim.get("agent"):
+        # an agent's claim that lapsed (its key expired): nobody holds the session, whatever
+        # meta still says until the next change (issue 17)
+        owner = None
     return SessionSummary(
         session_id=session_id,
         status=_text(meta.get("status")) or "active",
-        owner=_text(meta.get("owner")),
+        owner=_text(owner),
         controller=_text(meta.get("controller")),
         last_event_id=meta.get("last_id") if is_stream_id(meta.get("last_id")) else None,
         last_event_type=_text(meta.get("last_type")),
@@ -283,15 +288,36 @@ class SessionIndex(RedisBacked):
         if owner:
             return await self._by_owner(owner, cursor, limit, status)
         key = self.keys.status[status] if status else self.keys.activity
-        ids, next_cursor = await self._page_by_score(key, cursor, limit)
-        return SessionPage(await self.get_sessions(ids), next_cursor)
+        # Sessions whose keys expired stay in the index until prune(); they are skipped here
+        # (by score: older than the retention; and by reading each), and the page is filled
+        # from further on, so no page is empty while a next cursor says there is more.
+        rows: list[SessionSummary] = []
+        for _ in range(20):
+            ids, next_cursor = await self._page_by_score(key, cursor, limit - len(rows))
+            rows += await self.get_sessions(ids)
+            if len(rows) >= limit or next_cursor is None:
+                break
+            cursor = next_cursor
+        return SessionPage(rows, next_cursor)
 
     async def _page_by_score(
         self, key: str, cursor: str | None, limit: int
     ) -> tuple[list[str], str | None]:
         client = self.redis
+        alive_from = self._alive_from()
         if cursor is None:
-            rows = await self.call(client.zrange(key, 0, limit, desc=True, withscores=True))
+            rows = await self.call(
+                client.zrange(
+                    key,
+                    "+inf",
+                    alive_from,
+                    desc=True,
+                    byscore=True,
+                    offset=0,
+                    num=limit + 1,
+                    withscores=True,
+                )
+            )
         else:
             score, member = _decode_cursor(cursor)
             rows, offset = [], 0
@@ -301,7 +327,7 @@ class SessionIndex(RedisBacked):
                     client.zrange(
                         key,
                         score,
-                        "-inf",
+                        alive_from,
                         desc=True,
                         byscore=True,
                         offset=offset,
@@ -329,7 +355,7 @@ class SessionIndex(RedisBacked):
         )
         ids = [m.split("\0", 1)[1] for m in members]
         rows = sorted(
-            await self.get_sessions(ids),
+            [s for s in await self.get_sessions(ids) if s.owner == owner],
             key=lambda s: (s.last_activity or 0, s.session_id),
             reverse=True,
         )
@@ -371,10 +397,19 @@ class SessionIndex(RedisBacked):
         next_cursor = page[-1].session_id if (more or len(rows) > limit) and page else None
         return SessionPage(page, next_cursor)
 
+    def _alive_from(self) -> int:
+        """The lowest last-activity score (ms) of a session whose keys can still exist: each
+        event slides the session's expiry to its time plus the retention (to within a second,
+        scripts.PRELUDE), so older entries are sessions prune() has not reached yet."""
+        return int(self.clock() * 1000) - self.retention_ms
+
     async def counts_by_status(self) -> dict[str, int]:
+        """Sessions per status, without those whose retention has run out (issue 17: they
+        stayed counted until prune() reached them)."""
+        alive_from = self._alive_from()
         async with self.redis.pipeline(transaction=False) as pipe:
             for s in STATUSES:
-                pipe.zcard(self.keys.status[s])
+                pipe.zcount(self.keys.status[s], alive_from, "+inf")
             counts = await self.call(pipe.execute())
         return dict(zip(STATUSES, counts, strict=True))
 

@@ -183,7 +183,7 @@ end
 
 -- Appends the event to the session stream and the global feed, and keeps the index current.
 -- ``old_status`` may be passed when the caller already read it. Expiry of the session's keys
--- slides with activity but is refreshed at most once a minute, to keep publishing cheap.
+-- slides with activity, refreshed at most once a second (see ``refresh``).
 local function count(field)
   if SPLIT then
     table.insert(OPS, {'COUNT', field})
@@ -211,10 +211,16 @@ local function emit(etype, data, source, new_status, old_status, ttl_ms)
   if old_status == '' then
     redis.call('HSET', K_META, 'created', ms)
     idx('ZADD', 'names', 0, SID)
+    -- a session that expired and starts again may still be listed under its old status
+    for _, st in ipairs(STATUSES) do
+      if st ~= status then idx('ZREM', 'status:' .. st, SID) end
+    end
   elseif old_status ~= status then
     idx('ZREM', 'status:' .. old_status, SID)
   end
-  local refresh = ms - tonumber(ttl_ms or '0') > 60000
+  -- sliding expiry, exact to within a second (or a tenth of a shorter retention): keys
+  -- are refreshed when the last refresh is that old, not on every event
+  local refresh = ms - tonumber(ttl_ms or '0') >= math.min(1000, RETENTION / 10)
   if refresh then
     redis.call('HSET', K_META, 'status', status, 'last_id', id, 'last_type', etype, 'last_ms', ms, 'ttl_ms', ms)
     for _, key in ipairs({K_EVENTS, K_META, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS}) do
