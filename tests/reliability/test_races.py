@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-import redis.asyncio as aioredis
+import pytest
 
 from coordination import (
     AgentCoordinator,
@@ -13,14 +13,21 @@ from coordination import (
     CoordinationError,
     EventType,
     NotOwner,
+    SessionIndex,
 )
+from coordination.core.connection import new_client
+from coordination.core.keys import STATUSES
 
+from ..conftest import redis_url_of_kind
 from ..waiting import eventually, lease_gone
+
+# The races run on one Redis server and on a Redis Cluster (issue 17).
+redis_url = pytest.fixture(params=["single", "cluster"])(redis_url_of_kind)
 
 
 async def test_exactly_one_claimer_wins_every_round(redis_url, namespace, slow, figures):
     rounds, claimers = (1000, 50) if slow else (100, 50)
-    clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(claimers)]
+    clients = [new_client(redis_url) for _ in range(claimers)]
     ops = [AtomicOperations(client=c, namespace=namespace) for c in clients]
     bad_rounds = []
     try:
@@ -102,8 +109,9 @@ async def test_interleaved_takeover_claim_reassign_release_agree_with_the_log(
 ):
     rounds = 300 if slow else 40
     rng = random.Random(1234)
-    clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(6)]
-    mismatches = operations = successes = 0
+    clients = [new_client(redis_url) for _ in range(6)]
+    index = SessionIndex(client=clients[0], namespace=namespace)
+    mismatches = operations = successes = index_mismatches = 0
     try:
         for r in range(rounds):
             sid = f"mix-{r}"
@@ -137,11 +145,28 @@ async def test_interleaved_takeover_claim_reassign_release_agree_with_the_log(
                 expected_controller,
             ):
                 mismatches += 1
+            if await _index_disagrees(index, sid):
+                index_mismatches += 1
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
     figures(
         "takeover / claim / reassign / release / hand back",
         f"{rounds} rounds, {operations} concurrent operations ({successes} succeeded)",
-        f"final state matched the event log in {rounds - mismatches}/{rounds} rounds",
+        f"final state matched the event log in {rounds - mismatches}/{rounds} rounds, "
+        f"the index matched the session in {rounds - index_mismatches}/{rounds}",
     )
-    assert mismatches == 0
+    assert (mismatches, index_mismatches) == (0, 0)
+
+
+async def _index_disagrees(index: SessionIndex, sid: str) -> bool:
+    """Whether the index lists ``sid`` other than its own meta says: under exactly its status,
+    and under its owner only."""
+    meta = await index.redis.hgetall(index.keys.session(sid).meta)
+    listed = [s for s in STATUSES if await index.redis.zscore(index.keys.status[s], sid)]
+    owners = [
+        m.split("\0", 1)[0]
+        for m in await index.redis.zrange(index.keys.owners, 0, -1)
+        if m.endswith("\0" + sid)
+    ]
+    expected_owners = [meta["owner"]] if meta.get("owner") else []
+    return listed != [meta.get("status") or "active"] or owners != expected_owners
