@@ -264,8 +264,9 @@ _ROW_DIGEST = re.compile(r"[0-9a-f]{20}")
 # Every open overview or sessions list in a process gets each ``sessions.changed`` notice. Read
 # and rendered page by page, 1,000 open pages meant 1,000 reads of the same summaries and
 # 1,000 renders of the same partials per notice, in the one event loop that also answers
-# /healthz (issue 18: 600 overview pages pushed its median to 1.35 s). So the first page to
-# handle a notice reads and renders for all: the others await the same task and take the text.
+# /healthz (issue 18: 600 overview pages pushed its median to 1.35 s). So the process's one
+# ``NoticeHub`` hands each notice to its pages in turn; the first page reads and renders for
+# all (``NoticeWork``), the others take the text.
 # What still differs between pages is small and applied to the shared text: the row variant
 # (the viewer may intervene or not, the list's filters) and the page's own CSRF token.
 
@@ -279,8 +280,8 @@ OVERVIEW_PARTS = (
     "coordination/_approvals.html#overview-approvals",
     "coordination/_pickup.html#overview-pickup",
 )
-NOTICES_KEPT = 8
-FAN_OUT_SLICE = 50  # notices whose shared work is kept (pages that lag reuse it)
+NOTICES_KEPT = 8  # notices whose shared work is kept (a resent or repeated name reuses it)
+FAN_OUT_SLICE = 50  # pages handed a notice between two yields to the event loop
 NOTICE_KEY_CHARS = 200
 # Rendered in place of a page's CSRF token, then replaced by the page's own (escaped) token.
 # Random per process: agent-written text cannot contain it, so only the form fields get it.
