@@ -50,10 +50,12 @@ class Publisher:
         self.errors: list[BaseException] = []
         self.failing_since: float | None = None
         self.longest_outage = 0.0
+        self.slowest = 0.0
         self.rounds = 0
 
     async def publish(self, sid: str, data: dict, key: str) -> None:
-        deadline = time.monotonic() + 60
+        began = time.monotonic()
+        deadline = began + 60
         while True:
             try:
                 event = await self.coords[sid].publish(EventType.MESSAGE, data, idempotency_key=key)
@@ -71,6 +73,9 @@ class Publisher:
                 )
                 self.failing_since = None
             self.acked[sid].append(event.id)
+            # from the first try to the acknowledgement, retries in the core and here included:
+            # how long this publisher could not publish to this session
+            self.slowest = max(self.slowest, time.monotonic() - began)
             return
 
     async def round(self, last: bool = False) -> None:
@@ -130,8 +135,13 @@ async def test_failover_and_kill_lose_and_duplicate_nothing(chaos_cluster, names
     await rounds_done(3)
     index_primary = chaos_cluster.node_for_slot(_index_slot(namespace))
     chaos_cluster.failover(chaos_cluster.replica_of(index_primary))
+    await eventually(
+        lambda: chaos_cluster.node_for_slot(_index_slot(namespace)) is not index_primary,
+        "the index slot's replica to take over",
+        timeout=30,
+        interval=0.2,
+    )
     await rounds_done(3)
-    assert chaos_cluster.node_for_slot(_index_slot(namespace)) is not index_primary
     # another primary (one the failover did not touch): its replica takes over in ~3-5 s
     victim = next(n for n in chaos_cluster.nodes[: chaos_cluster.masters] if n is not index_primary)
     chaos_cluster.kill(victim)
@@ -173,13 +183,14 @@ async def test_failover_and_kill_lose_and_duplicate_nothing(chaos_cluster, names
         "Cluster chaos (3+3, failover of the index primary, kill -9 of another primary)",
         f"{SESSIONS} subscribers, {acked} acknowledged publishes (WAIT 1) in {took:.1f} s",
         f"undelivered {undelivered}, duplicated {duplicated}, stored twice {stored_twice}, "
-        f"missing from feed {missing_from_feed}, longest outage {publisher.longest_outage:.1f} s, "
+        f"missing from feed {missing_from_feed}, slowest publish {publisher.slowest:.1f} s "
+        f"(errors seen by the publisher for {publisher.longest_outage:.1f} s at most), "
         f"{len(publisher.errors)} publish errors, {len(sub_errors)} subscriber errors",
     )
     assert acked == SESSIONS * publisher.rounds
     assert (undelivered, duplicated, stored_twice, missing_from_feed) == (0, 0, 0, 0)
     assert not foreign, foreign[:3]
-    assert publisher.longest_outage <= RECOVERY_LIMIT
+    assert publisher.slowest <= RECOVERY_LIMIT
 
 
 def _first_slot(cluster: EmbeddedCluster, primary) -> int:
