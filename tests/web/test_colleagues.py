@@ -117,8 +117,10 @@ def test_the_api_refuses_the_same(supervisor, colleague, taken):
         response = _api(token, f"/api/v1/interventions/{action}/c-1", {})
         assert response.status_code == 409, action
         assert response.json()["message"].startswith("Taken over by ann"), action
-    bulk = _api(token, "/api/v1/bulk/hand-back", {"session_ids": ["c-1", "c-2"]}).json()
+    # (bulk hand-back needs a target agent, as on the page: close is the bulk action here)
+    bulk = _api(token, "/api/v1/bulk/close", {"session_ids": ["c-1", "c-2"]}).json()
     assert bulk["done"] == 1 and bulk["refused"] == 1
+    assert {r["session_id"]: r["ok"] for r in bulk["results"]} == {"c-1": False, "c-2": True}
     assert _api(token, "/api/v1/interventions/note/c-1", {"text": "fyi"}).status_code == 200
     # the colleague herself may act
     theirs = ApiToken.issue(colleague, "test")[1]
