@@ -31,10 +31,10 @@ from coordination.core.coordinator import InvalidStoredValue
 from coordination.core.events import encode_json
 from coordination.core.keys import validate_session_id
 from coordination.dashboard.session_urls import CONVERTER as SID
+from coordination.foundation.auth import throttle_login
+from coordination.foundation.core_clients import coordinator, session_index
+from coordination.foundation.display import clean_deep, clean_text, cut_chars, json_text
 from coordination.models import AuditEntry
-from coordination.platform.auth import throttle_login
-from coordination.platform.core_clients import coordinator, session_index
-from coordination.platform.display import clean_deep, clean_text, cut_chars, json_text
 from coordination.realtime.groups import announce_audit
 from coordination.supervision.actions import PERMISSION
 

@@ -11,7 +11,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from coordination.platform.origin import SameOriginValidator  # noqa: E402
+from coordination.foundation.origin import SameOriginValidator  # noqa: E402
 from coordination.realtime.routing import websocket_urlpatterns  # noqa: E402
 from coordinator_site.lifespan import LifespanRelay  # noqa: E402
 

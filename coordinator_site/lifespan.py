@@ -40,7 +40,7 @@ class LifespanRelay:
                     live.register_process_relay(self.relay, self.task)
                 else:
                     # no relay here, but /metrics still needs this process's websockets
-                    from coordination.platform.telemetry import report_forever
+                    from coordination.foundation.telemetry import report_forever
 
                     self.task = asyncio.create_task(report_forever(), name="coordination-report")
                     live.register_process_relay(None, self.task)

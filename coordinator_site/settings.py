@@ -124,14 +124,14 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "coordination.platform.middleware.ContentSecurityPolicyMiddleware",
+    "coordination.foundation.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
-    "coordination.platform.middleware.CoordinationErrorMiddleware",
+    "coordination.foundation.middleware.CoordinationErrorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # request.htmx for the views that answer htmx with a fragment and a full page otherwise
@@ -176,7 +176,7 @@ def redis_services(redis_url: str, namespace: str) -> tuple[dict, dict]:
 
     caches = {
         "default": {
-            "BACKEND": "coordination.platform.cache.CoordinationCache",
+            "BACKEND": "coordination.foundation.cache.CoordinationCache",
             "LOCATION": redis_url,
             "KEY_PREFIX": f"{namespace}:cache",
         }
@@ -244,8 +244,8 @@ SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 # Error pages (DEBUG's technical 500/400 included) show no Redis or database URL, password or
 # token: whole connection settings hidden, URL credentials masked everywhere else.
-DEFAULT_EXCEPTION_REPORTER_FILTER = "coordination.platform.error_reports.SecretsFilter"
-DEFAULT_EXCEPTION_REPORTER = "coordination.platform.error_reports.SecretsReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "coordination.foundation.error_reports.SecretsFilter"
+DEFAULT_EXCEPTION_REPORTER = "coordination.foundation.error_reports.SecretsReporter"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
@@ -269,11 +269,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "json": {"()": "coordination.platform.json_logs.JsonFormatter"},
+        "json": {"()": "coordination.foundation.json_logs.JsonFormatter"},
         "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
     },
     # tokens, Authorization values and cookies are masked whatever logged them
-    "filters": {"redact": {"()": "coordination.platform.json_logs.RedactSecrets"}},
+    "filters": {"redact": {"()": "coordination.foundation.json_logs.RedactSecrets"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",

@@ -7,7 +7,7 @@ from django.views.generic import RedirectView
 
 from coordination.api import v1 as api
 from coordination.dashboard import metrics, views
-from coordination.platform.auth import ThrottledLoginView
+from coordination.foundation.auth import ThrottledLoginView
 
 urlpatterns = [
     path("login/", ThrottledLoginView.as_view(), name="login"),

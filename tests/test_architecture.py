@@ -23,11 +23,11 @@ ALLOWED = {
     "core": set(),
     "integrations": {"core"},
     "devtools": {"core", "integrations"},
-    "platform": {"core", "models"},
-    "supervision": {"core", "models", "platform", "realtime.groups"},
-    "realtime": {"core", "platform", "dashboard", "models"},
-    "dashboard": {"core", "models", "platform", "supervision", "realtime"},
-    "api": {"core", "models", "platform", "supervision"},
+    "foundation": {"core", "models"},
+    "supervision": {"core", "models", "foundation", "realtime.groups"},
+    "realtime": {"core", "foundation", "dashboard", "models"},
+    "dashboard": {"core", "models", "foundation", "supervision", "realtime"},
+    "api": {"core", "models", "foundation", "supervision"},
 }
 # Third-party packages a layer must never import (Django's layers may use Django).
 FORBIDDEN_THIRD_PARTY = {

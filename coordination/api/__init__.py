@@ -2,5 +2,5 @@
 approvals router. Views only parse and call ``coordination.supervision``.
 
 May import: ``coordination.core``, ``coordination.supervision``, ``coordination.dashboard``
-(display helpers), ``coordination.platform``, ``coordination.models``.
+(display helpers), ``coordination.foundation``, ``coordination.models``.
 """

@@ -19,7 +19,7 @@ from coordination.api.schemas import schema_from_dataclass
 from coordination.core import Approval
 from coordination.core.approvals import MAX_MESSAGE_CHARS
 from coordination.core.keys import validate_session_id
-from coordination.platform.display import clean_deep, json_text
+from coordination.foundation.display import clean_deep, json_text
 from coordination.supervision import approvals as approval_actions
 from coordination.supervision.interventions import Actor
 
@@ -116,7 +116,7 @@ async def pending_approvals(
     limit: int = Query(50, ge=1, le=200),
 ):
     """Pending approvals of every session, the longest waiting first, a page at a time."""
-    from coordination.platform.core_clients import session_index
+    from coordination.foundation.core_clients import session_index
 
     index = session_index()
     page = await index.pending_approvals(limit=limit, cursor=cursor)
@@ -145,7 +145,7 @@ async def pending_approvals(
 async def decide(request, session_id: str, approval_id: str, body: DecideIn):
     """Approve or reject a pending approval, once: the first decision wins (409 after it,
     naming who decided and when; 410 once it expired; 404 for an unknown approval)."""
-    from coordination.platform.core_clients import coordinator
+    from coordination.foundation.core_clients import coordinator
 
     actor = await _actor(request)
     try:
@@ -181,7 +181,7 @@ async def decide(request, session_id: str, approval_id: str, body: DecideIn):
 async def session_approvals(request, session_id: str):
     """One session's approvals (pending and decided), oldest request first."""
     from coordination.api.v1 import _session_id
-    from coordination.platform.core_clients import coordinator, session_index
+    from coordination.foundation.core_clients import coordinator, session_index
 
     validate_session_id(_session_id(session_id))
     approvals = await coordinator(session_id).approvals()

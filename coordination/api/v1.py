@@ -28,9 +28,9 @@ from coordination.core.errors import CoordinationError, InvalidSessionId, RedisU
 from coordination.core.events import Event, decode_stored_json
 from coordination.core.index import AgentPresence, SessionSummary
 from coordination.core.keys import STATUSES, validate_session_id
+from coordination.foundation.core_clients import coordinator, read_state, session_index
+from coordination.foundation.display import clean_deep, json_text
 from coordination.models import ApiToken
-from coordination.platform.core_clients import coordinator, read_state, session_index
-from coordination.platform.display import clean_deep, json_text
 from coordination.supervision import interventions
 from coordination.supervision.actions import PERMISSION, bulk_refusal, dispatch
 from coordination.supervision.interventions import Actor, InterventionRefused

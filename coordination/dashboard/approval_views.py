@@ -18,7 +18,7 @@ from coordination.core.keys import validate_session_id
 from coordination.dashboard.action_views import _actor_or_none, _forbidden
 from coordination.dashboard.approvals import DecisionForm, session_approvals_context
 from coordination.dashboard.fragments import recent_audit, session_detail_context
-from coordination.platform.core_clients import session_index
+from coordination.foundation.core_clients import session_index
 from coordination.supervision import approvals as approval_actions
 from coordination.supervision.interventions import InterventionRefused
 

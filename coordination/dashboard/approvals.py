@@ -18,8 +18,8 @@ from django.template.loader import render_to_string
 
 from coordination.core import Approval, SessionIndex
 from coordination.core.approvals import MAX_MESSAGE_CHARS
-from coordination.platform.core_clients import coordinator
-from coordination.platform.display import (
+from coordination.foundation.core_clients import coordinator
+from coordination.foundation.display import (
     PAYLOAD_DISPLAY_BYTES,
     cut_chars,
     json_text,

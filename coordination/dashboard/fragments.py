@@ -26,8 +26,8 @@ from coordination.core.events import decode_stored_json, is_stream_id
 from coordination.dashboard.approvals import overview_approvals_context, session_approvals_context
 from coordination.dashboard.session_list import DEFAULT_SORT, SORTS, VIEWS, search_text
 from coordination.dashboard.transcript import transcript_context
-from coordination.platform.core_clients import coordinator, read_state, session_index
-from coordination.platform.display import (
+from coordination.foundation.core_clients import coordinator, read_state, session_index
+from coordination.foundation.display import (
     PAYLOAD_DISPLAY_BYTES,
     payload_display,
     payload_query,

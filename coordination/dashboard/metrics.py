@@ -19,7 +19,7 @@ from coordination.core import EventType
 from coordination.core.connection import redis_failures
 from coordination.core.events import is_stream_id
 from coordination.core.index import MAX_PAGE
-from coordination.platform.core_clients import session_index
+from coordination.foundation.core_clients import session_index
 from coordination.realtime.relay import Relay, parse_event_id
 from coordination.supervision.pickup import waiting_for_pickup
 from coordination.supervision.sla import is_over_sla

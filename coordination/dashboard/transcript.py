@@ -18,8 +18,8 @@ from django.template.loader import render_to_string
 
 from coordination.core import Event, EventType, SessionSummary
 from coordination.core.events import event_from_fields
-from coordination.platform.core_clients import coordinator, session_index
-from coordination.platform.display import cut_chars, json_text, short_text
+from coordination.foundation.core_clients import coordinator, session_index
+from coordination.foundation.display import cut_chars, json_text, short_text
 
 # The transcript reads at most this many of the newest events, and stops reading once their
 # payloads passed READ_BUDGET bytes (agents may write large events); older ones are in the

@@ -30,7 +30,7 @@ from typing import Any
 
 from coordination.core import SessionIndex
 from coordination.core.scripts import Script
-from coordination.platform.display import clean_text, cut_chars
+from coordination.foundation.display import clean_text, cut_chars
 from coordination.supervision.sla import is_over_sla, sla_deadline, sla_seconds
 
 MINUTES = 24 * 60  # per-minute buckets shown (24 h)

@@ -42,8 +42,8 @@ from coordination.dashboard.fragments import (
     session_detail_context,
     session_row_context,
 )
-from coordination.platform.core_clients import coordinator, session_index
-from coordination.platform.display import cut_bytes, json_text, short_text
+from coordination.foundation.core_clients import coordinator, session_index
+from coordination.foundation.display import cut_bytes, json_text, short_text
 from coordination.realtime.relay import relay_health
 
 

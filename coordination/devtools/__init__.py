@@ -2,5 +2,5 @@
 tests and the benchmarks, the demo fleet and the offline model it runs on. Not used by a
 production deployment.
 
-May import: ``coordination.core``, ``coordination.integrations``, ``coordination.platform``.
+May import: ``coordination.core``, ``coordination.integrations``, ``coordination.foundation``.
 """

@@ -2,5 +2,5 @@
 authenticated channel layer itself, and the websocket consumers and routes.
 
 May import: ``coordination.core``, ``coordination.dashboard`` (its partials, for pushes),
-``coordination.platform``, ``coordination.models``.
+``coordination.foundation``, ``coordination.models``.
 """

@@ -35,8 +35,8 @@ from coordination.dashboard.fragments import (
     render_session_row,
 )
 from coordination.dashboard.transcript import TRANSCRIPT_TYPES, LiveTranscript
-from coordination.platform.core_clients import coordinator, session_index
-from coordination.platform.telemetry import count_slow_client_cutoff, open_websockets
+from coordination.foundation.core_clients import coordinator, session_index
+from coordination.foundation.telemetry import count_slow_client_cutoff, open_websockets
 from coordination.realtime.groups import SESSIONS_GROUP, session_group
 from coordination.realtime.relay import parse_event_id
 
@@ -45,7 +45,7 @@ _background: set[asyncio.Task] = set()
 
 REPLAY_LIMIT = 5000
 BUFFER_LIMIT = 10_000
-# Bounds in bytes of rendered rows (each row's payload is already cut, see coordination.platform.display):
+# Bounds in bytes of rendered rows (each row's payload is already cut, see coordination.foundation.display):
 # one frame, one replay, and the live rows held until the page says where to resume.
 FRAME_BYTES = 256 * 1024
 REPLAY_BYTES = 2 * 1024 * 1024

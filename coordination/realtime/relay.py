@@ -37,7 +37,7 @@ from coordination.core.keys import validate_session_id
 from coordination.core.scripts import Script
 from coordination.dashboard import trends
 from coordination.dashboard.fragments import event_item
-from coordination.platform.telemetry import report, worker_name
+from coordination.foundation.telemetry import report, worker_name
 from coordination.realtime.channel_layer import RateLimitedWarning
 from coordination.realtime.groups import SESSIONS_GROUP, session_group
 

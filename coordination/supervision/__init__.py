@@ -5,6 +5,6 @@ the SLAs that say how long a session may wait. Each action goes through the core
 published with its actor) and leaves an ``AuditEntry``. No views and no HTTP here: the
 dashboard and the API call these.
 
-May import: ``coordination.core``, ``coordination.models``, ``coordination.platform``, and
+May import: ``coordination.core``, ``coordination.models``, ``coordination.foundation``, and
 ``coordination.realtime.groups`` (to tell open pages an audit row was added).
 """

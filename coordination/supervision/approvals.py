@@ -22,9 +22,9 @@ from coordination.core import (
 )
 from coordination.core.approvals import validate_approval_id
 from coordination.core.keys import validate_session_id
+from coordination.foundation.core_clients import coordinator, decision_signer, session_index
+from coordination.foundation.display import cut_chars, json_text, short_text
 from coordination.models import AuditEntry
-from coordination.platform.core_clients import coordinator, decision_signer, session_index
-from coordination.platform.display import cut_chars, json_text, short_text
 from coordination.supervision.interventions import Actor, InterventionRefused, _ago, _record
 
 # Arguments kept in an audit entry up to this many characters of JSON (the event has them all).

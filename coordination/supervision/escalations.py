@@ -19,8 +19,8 @@ from django.conf import settings
 
 from coordination.core import CorruptStoredValue, EventType, SessionSummary
 from coordination.core.events import event_from_fields
-from coordination.platform.core_clients import coordinator
-from coordination.platform.display import short_text
+from coordination.foundation.core_clients import coordinator
+from coordination.foundation.display import short_text
 from coordination.supervision.sla import sla_deadline
 
 # The overview lists this many escalations (oldest first) and links to the rest.

@@ -22,10 +22,10 @@ from coordination.core import (
     SessionTakenOver,
 )
 from coordination.core.keys import validate_agent_id, validate_session_id
+from coordination.foundation.core_clients import atomic_operations, coordinator, session_index
+from coordination.foundation.display import humanize_age
+from coordination.foundation.telemetry import count_intervention
 from coordination.models import AuditEntry
-from coordination.platform.core_clients import atomic_operations, coordinator, session_index
-from coordination.platform.display import humanize_age
-from coordination.platform.telemetry import count_intervention
 from coordination.realtime.groups import announce_audit
 from coordination.supervision.colleagues import colleague_holds
 from coordination.supervision.limits import MAX_REASON, MAX_TEXT

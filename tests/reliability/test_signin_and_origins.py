@@ -21,14 +21,14 @@ from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
 from coordination.devtools.processes import AsgiServer
-from coordination.models import ApiToken, AuditEntry
-from coordination.platform.auth import (
+from coordination.foundation.auth import (
     FAILURES_PER_ADDRESS,
     FAILURES_PER_USER,
     FAILURES_PER_USERNAME,
 )
-from coordination.platform.json_logs import RedactSecrets
-from coordination.platform.origin import SameOriginValidator
+from coordination.foundation.json_logs import RedactSecrets
+from coordination.foundation.origin import SameOriginValidator
+from coordination.models import ApiToken, AuditEntry
 
 from ..browser.conftest import (  # noqa: F401  (live_database: server_env needs it)
     PASSWORD,
@@ -111,10 +111,10 @@ def test_one_username_is_limited_across_addresses(user, redis_url, figures):
 
 def test_a_lock_is_logged_once_without_the_typed_username_or_password(user, caplog):
     client = Client()
-    caplog.set_level(logging.INFO, logger="coordination.platform.auth")
+    caplog.set_level(logging.INFO, logger="coordination.foundation.auth")
     for _ in range(FAILURES_PER_USER + 3):
         sign_in(client, "ＳＵＰ", "hunter2-guess", "192.0.2.99")
-    locks = [r for r in caplog.records if r.name == "coordination.platform.auth"]
+    locks = [r for r in caplog.records if r.name == "coordination.foundation.auth"]
     assert len(locks) == 1 and "username and address" in locks[0].getMessage()
     assert locks[0].client_address == "192.0.2.99" and locks[0].action == "sign-in-throttled"
     text = _haystack(locks[0])

@@ -17,7 +17,7 @@ from django.utils.html import escape
 from playwright.sync_api import expect
 
 from coordination import AgentCoordinator, EventType, SessionIndex
-from coordination.platform.display import PAYLOAD_DISPLAY_BYTES
+from coordination.foundation.display import PAYLOAD_DISPLAY_BYTES
 from coordination.realtime.consumers import BUFFER_BYTES, FRAME_BYTES, REPLAY_BYTES, SessionConsumer
 from coordination.realtime.routing import websocket_urlpatterns
 

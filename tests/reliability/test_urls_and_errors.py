@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 
 from coordination import AgentCoordinator, EventType
 from coordination.dashboard.session_urls import from_segment, quote_segment, to_segment
+from coordination.foundation.error_reports import mask_secrets
 from coordination.models import ApiToken
-from coordination.platform.error_reports import mask_secrets
 from coordination.realtime.routing import websocket_urlpatterns
 from coordinator_site.settings import redis_services
 
@@ -657,7 +657,7 @@ def test_debug_500_is_our_page_and_the_log_has_the_traceback_without_password(
     secret_settings,
     caplog,
 ):
-    from coordination.platform.json_logs import JsonFormatter, RedactSecrets
+    from coordination.foundation.json_logs import JsonFormatter, RedactSecrets
 
     secret_settings.ROOT_URLCONF = __name__
     client.force_login(supervisor)

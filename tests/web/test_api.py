@@ -227,7 +227,7 @@ async def test_each_intervention_is_one_json_log_line_with_session_and_actor(tok
     import json
     import logging
 
-    from coordination.platform.json_logs import JsonFormatter
+    from coordination.foundation.json_logs import JsonFormatter
 
     await seed("api-log", escalate=True)
     with caplog.at_level(logging.INFO, logger="coordination.audit"):

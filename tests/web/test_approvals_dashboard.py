@@ -425,7 +425,7 @@ def test_records_written_around_the_core_do_not_break_the_pages(sup_client, coor
 def test_each_decision_is_one_json_log_line(sup_client, coord, caplog):
     import logging
 
-    from coordination.platform.json_logs import JsonFormatter
+    from coordination.foundation.json_logs import JsonFormatter
 
     approval = ask(coord("log-1"))
     with caplog.at_level(logging.INFO, logger="coordination.audit"):

@@ -11,8 +11,8 @@ from django.conf import settings as settings_module
 from django.template.loader import render_to_string
 
 from coordination import AgentCoordinator, AtomicOperations, EventType
+from coordination.foundation.display import humanize_age
 from coordination.models import AuditEntry, SavedFilter
-from coordination.platform.display import humanize_age
 from coordination.supervision.escalations import OVERVIEW_QUEUE
 
 pytestmark = pytest.mark.django_db

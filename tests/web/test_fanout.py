@@ -21,7 +21,7 @@ from django.utils.html import escape
 
 from coordination import AgentCoordinator, EventType
 from coordination.dashboard.fragments import overview_context, render_overview_live
-from coordination.platform.core_clients import session_index
+from coordination.foundation.core_clients import session_index
 from coordination.realtime import consumers
 from coordination.realtime.groups import SESSIONS_GROUP
 from coordination.realtime.routing import websocket_urlpatterns

@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
 from coordination.core import RedisUnavailable
 from coordination.devtools.processes import free_port
-from coordination.platform.telemetry import count_slow_client_cutoff, open_websockets, report
+from coordination.foundation.telemetry import count_slow_client_cutoff, open_websockets, report
 from coordination.realtime.routing import websocket_urlpatterns
 from coordinator_site.lifespan import LifespanRelay
 

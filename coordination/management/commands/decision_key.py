@@ -8,7 +8,7 @@ It is derived from SECRET_KEY and the namespace: change either and agents need t
 
 from django.core.management.base import BaseCommand
 
-from coordination.platform.core_clients import decision_signer
+from coordination.foundation.core_clients import decision_signer
 
 
 class Command(BaseCommand):

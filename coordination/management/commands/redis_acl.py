@@ -1,6 +1,6 @@
 """``manage.py redis_acl``: print the ``ACL SETUSER`` lines that give agents Redis credentials
 that can coordinate and nothing else, and the dashboard a user of its own (see
-coordination/platform/redis_acl.py and docs/security.md). Pipe the output into ``redis-cli``."""
+coordination/foundation/redis_acl.py and docs/security.md). Pipe the output into ``redis-cli``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from coordination.platform import redis_acl
+from coordination.foundation import redis_acl
 
 
 class Command(BaseCommand):

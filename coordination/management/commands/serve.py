@@ -25,8 +25,8 @@ from coordination.core.connection import redact_url
 from coordination.core.signing import DECISION_KEY_ENV
 from coordination.devtools.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from coordination.devtools.processes import uvicorn_proxy_args
-from coordination.platform import redis_acl
-from coordination.platform.core_clients import decision_signer
+from coordination.foundation import redis_acl
+from coordination.foundation.core_clients import decision_signer
 
 # how often serve looks at the demo agents, and how many restarts it allows in a window
 AGENTS_CHECK_SECONDS = 1.0

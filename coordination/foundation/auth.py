@@ -121,7 +121,7 @@ def throttled_response(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@receiver(user_logged_in, dispatch_uid="coordination.platform.auth.mark_signed_in")
+@receiver(user_logged_in, dispatch_uid="coordination.foundation.auth.mark_signed_in")
 def _mark_signed_in(sender, request, user, **kwargs) -> None:
     """Success is a login that happened in this request, not a user already signed in (a
     signed-in viewer posting guesses for another account must still be counted)."""

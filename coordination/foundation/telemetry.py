@@ -15,7 +15,7 @@ import uuid
 
 from coordination.core import RedisUnavailable, SessionIndex
 from coordination.core.connection import redis_failures
-from coordination.platform.core_clients import session_index
+from coordination.foundation.core_clients import session_index
 
 log = logging.getLogger(__name__)
 
