@@ -147,6 +147,10 @@ class Keyspace:
         # Pending approvals of every session, oldest first: "<session id>\0<approval id>"
         # scored by the request's time in ms.
         self.approvals = f"{g}:approvals"
+        # The dashboard's relay (one active across its processes): the lease its holder renews,
+        # and the last feed id it relayed. Their own hash tag: both are written in one script.
+        self.relay_lease = f"{namespace}:{{relay}}:lease"
+        self.relay_cursor = f"{namespace}:{{relay}}:cursor"
 
     def session(self, session_id: str) -> SessionKeys:
         base = f"{self.namespace}:{{{encode_id(session_id)}}}"

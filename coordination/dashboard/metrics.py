@@ -20,7 +20,7 @@ from coordination.core.connection import redis_failures
 from coordination.core.events import is_stream_id
 from coordination.core.index import MAX_PAGE
 from coordination.foundation.core_clients import session_index
-from coordination.realtime.relay import Relay, parse_event_id
+from coordination.realtime.relay import parse_event_id
 from coordination.supervision.pickup import waiting_for_pickup
 from coordination.supervision.sla import is_over_sla
 
@@ -37,7 +37,6 @@ class _Snapshot:
 
 async def gather_families() -> list:
     index = session_index()
-    relay = Relay(index)
     (
         counts,
         queue_len,
@@ -55,7 +54,7 @@ async def gather_families() -> list:
         index.agents(limit=1000),
         index.events_per_minute(),
         index.latest_feed_id(),
-        index.call(index.redis.get(relay.cursor_key)),
+        index.call(index.redis.get(index.keys.relay_cursor)),
         index.counters(),
         index.worker_reports(),
     )

@@ -33,7 +33,7 @@ from redis.client import NEVER_DECODE
 from coordination.core import Event, InvalidCursor, RedisUnavailable, SessionIndex
 from coordination.core.connection import UNAVAILABLE_ERRORS
 from coordination.core.events import event_from_fields
-from coordination.core.keys import validate_session_id
+from coordination.core.keys import Keyspace, validate_session_id
 from coordination.core.scripts import Script
 from coordination.dashboard import trends
 from coordination.dashboard.fragments import event_item
@@ -88,7 +88,7 @@ return 0
 
 
 def lease_key(namespace: str) -> str:
-    return f"{namespace}:{{relay}}:lease"
+    return Keyspace(namespace).relay_lease
 
 
 # an agent can write junk entries as fast as Redis takes them: one line per 10 s, then a count
@@ -237,9 +237,8 @@ class Relay:
         self.index = index or SessionIndex(
             settings.REDIS_URL, namespace=settings.COORDINATION_NAMESPACE
         )
-        ns = self.index.namespace
-        self.lease_key = lease_key(ns)
-        self.cursor_key = f"{ns}:{{relay}}:cursor"
+        self.lease_key = self.index.keys.relay_lease
+        self.cursor_key = self.index.keys.relay_cursor
         self.lease_ttl_ms = int(lease_ttl * 1000)
         self.flush_interval = flush_interval
         self.prune_every = prune_every

@@ -13,6 +13,7 @@ import websockets
 
 from coordination import AgentCoordinator, EventType, RedisUnavailable
 from coordination.core import connection
+from coordination.core.keys import Keyspace
 from coordination.devtools.embedded_redis import EmbeddedRedis, free_port
 
 from ..conftest import delete_namespace
@@ -164,7 +165,7 @@ def test_killing_the_relay_worker_loses_nothing_for_browsers_on_another(
     first = publish({"n": -1})
     a, b = LiveServer(env).start(), LiveServer(env).start()
     try:
-        lease_key = f"{namespace}:{{relay}}:lease"
+        lease_key = Keyspace(namespace).relay_lease
 
         async def leader_pid():
             client = connection.new_client(server_env["REDIS_URL"])

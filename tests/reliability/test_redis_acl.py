@@ -28,6 +28,7 @@ from coordination import (
     SessionIndex,
     SessionTakenOver,
 )
+from coordination.core.keys import Keyspace
 from coordination.core.scripts import claim_script, publish_script
 from coordination.devtools.embedded_redis import EmbeddedRedis, redis_server_binary
 from coordination.foundation import redis_acl
@@ -546,7 +547,7 @@ def test_make_run_gives_the_demo_agents_their_own_user(tmp_path):
                 time.sleep(0.1)
             users = {c["user"] for c in admin.client_list()}
             assert {"agents", "dashboard"} <= users, users
-            while admin.get("coord:{relay}:lease") is None:
+            while admin.get(Keyspace("coord").relay_lease) is None:
                 assert time.monotonic() < deadline, "no relay took the lease"
                 time.sleep(0.05)
             log = admin.execute_command("ACL", "LOG")

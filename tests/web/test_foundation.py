@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from coordination.core.keys import Keyspace
 from coordination.devtools.embedded_redis import EmbeddedRedis
 
 from ..conftest import running_serve, serve_that_fails
@@ -125,7 +126,7 @@ def test_serve_starts_embedded_redis_and_stops_everything_on_ctrl_c(tmp_path):
         assert client.ping() is True
         # The server's lifespan started the relay that feeds live updates: it holds the lease.
         deadline = time.monotonic() + 15
-        while client.get("coord:{relay}:lease") is None:
+        while client.get(Keyspace("coord").relay_lease) is None:
             assert time.monotonic() < deadline, "no relay took the lease"
             time.sleep(0.05)
         client.close()
