@@ -26,7 +26,8 @@ SESSION_KEY_COUNT = 10
 # that outcome without acting again. The hash is bounded: it moves to ``ops_prev`` (dropping
 # the generation before) when it is OP_WINDOW_MS old or holds OP_CAP ids, so an id is
 # remembered for at least OP_WINDOW_MS and at least OP_CAP later operations of the session,
-# and for at most 2 * OP_WINDOW_MS.
+# and for at most 2 * OP_WINDOW_MS (a session whose retention is shorter: the retention,
+# at least a second, in place of OP_WINDOW_MS).
 OP_WINDOW_MS = 600_000
 OP_CAP = 1000
 
@@ -90,8 +91,7 @@ end
 # instead of on every call (EVALSHA runs the whole text each time: ~8 us of a ~44 us publish
 # on the benchmark machine, INFO commandstats). TIME is asked only when a script needs the
 # clock (``now()``), since most publishes do not (the stream id gives the event's time).
-PRELUDE = (
-    r"""
+PRELUDE = r"""
 local SID, STREAM_CAP, FEED_CAP, RETENTION
 local K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS
 local K_OPS, K_OPS_PREV, K_OUTBOX, OP
@@ -118,13 +118,15 @@ end
 
 local function op_done(result)
   if OP == '' then return result end
+  -- a session kept for less than the window keeps its ids about as long as itself
+  local window = math.min(@WINDOW@, math.max(1000, RETENTION))
   local ttl = redis.call('PTTL', K_OPS)
-  if ttl >= 0 and (ttl < @WINDOW@ or redis.call('HLEN', K_OPS) >= @CAP@) then
+  if ttl >= 0 and (ttl < window or redis.call('HLEN', K_OPS) >= @CAP@) then
     redis.call('RENAME', K_OPS, K_OPS_PREV)
     ttl = -2
   end
   redis.call('HSET', K_OPS, OP, cjson.encode(result))
-  if ttl < 0 then redis.call('PEXPIRE', K_OPS, @WINDOW2@) end
+  if ttl < 0 then redis.call('PEXPIRE', K_OPS, 2 * window) end
   return result
 end
 
@@ -235,10 +237,7 @@ local function emit(etype, data, source, new_status, old_status, ttl_ms)
   count('events:' .. etype)
   return id
 end
-""".replace("@WINDOW@", str(OP_WINDOW_MS))
-    .replace("@WINDOW2@", str(2 * OP_WINDOW_MS))
-    .replace("@CAP@", str(OP_CAP))
-)
+""".replace("@WINDOW@", str(OP_WINDOW_MS)).replace("@CAP@", str(OP_CAP))
 
 # How a session script's body runs on one server: once per operation id.
 SINGLE_SERVER_CALL = """setup(KEYS, ARGV)

@@ -89,6 +89,7 @@ AGENT_DATA_COMMANDS = (
     "xrevrange",
     "xlen",
     "zrange",
+    "zcount",  # counts_by_status counts only sessions within the retention (issue 17)
     "zrevrange",  # redis-py's zrange(desc=True)
     "zrangebylex",
     "zrangebyscore",  # read variants of the same sorted sets, harmless

@@ -161,7 +161,7 @@ async def test_publish_retried_after_a_lost_answer_is_stored_once(tmp_path, monk
         assert again.id == rows[1][0] and again.data == {"n": 1}
         assert await direct.xlen(coord.keys.feed) == 2
     finally:
-        await coord.redis.aclose()
+        await coord.aclose()
         await direct.aclose()
         await proxy.close()
         server.stop()
@@ -187,7 +187,7 @@ async def test_claim_retried_after_a_lost_answer_reports_the_first_outcome(tmp_p
         claimed = await direct.xrange(atomic.keys.session("c").events)
         assert [f["t"] for _, f in claimed] == ["handoff_ready", "handoff_claimed"]
     finally:
-        await atomic.redis.aclose()
+        await atomic.aclose()
         await direct.aclose()
         await proxy.close()
         server.stop()
@@ -196,3 +196,9 @@ async def test_claim_retried_after_a_lost_answer_reports_the_first_outcome(tmp_p
 def test_operation_ids_are_unique():
     ids = {new_op_id() for _ in range(10_000)}
     assert len(ids) == 10_000
+
+
+async def test_a_short_lived_session_keeps_its_ids_about_as_long(make, redis_sync):
+    coord = make.coordinator("s-brief", retention=1.5)
+    await coord.publish(EventType.MESSAGE, {}, idempotency_key="k")
+    assert 0 < redis_sync.pttl(coord.keys.session("s-brief").ops) <= 3000
