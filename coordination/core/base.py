@@ -145,7 +145,11 @@ class RedisBacked:
         return shared_client(self.redis_url)
 
     async def aclose(self) -> None:
-        """Release this object's resources. A shared pool stays open for other users."""
+        """Release what this object owns: nothing beyond Python objects. A client passed in
+        belongs to the caller, who closes it; the shared client belongs to its event loop and
+        is closed with it (``connection.shared_client``), since other objects on the loop use
+        it. So never close ``.redis`` of an object you did not give a client to."""
+        self._keys_cache.clear()
 
     async def __aenter__(self):
         return self

@@ -273,12 +273,34 @@ def shared_client(redis_url: str | None = None) -> aioredis.Redis:
     """A client whose pool is shared by everything on this event loop using the same URL."""
     url = resolve_url(redis_url)
     loop = asyncio.get_running_loop()
-    per_loop = _clients.setdefault(loop, {})
+    per_loop = _clients.get(loop)
+    if per_loop is None:
+        per_loop = _clients[loop] = {}
+        _close_with_loop(loop)
     client = per_loop.get(url)
     if client is None:
         client = new_client(url)
         per_loop[url] = client
     return client
+
+
+def _close_with_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close this loop's shared clients when the loop closes (as channels_redis does with its
+    pools): a pool belongs to its loop, so nobody else may close it, and ``asyncio.run`` or a
+    test's loop ends without leaving sockets open or "Unclosed connection" warnings."""
+    original_close = loop.close
+
+    def close() -> None:
+        clients = list(_clients.pop(loop, {}).values())
+        if clients and not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(_close_all(clients))
+        original_close()
+
+    loop.close = close  # type: ignore[method-assign]
+
+
+async def _close_all(clients: list[aioredis.Redis]) -> None:
+    await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
 
 
 # When each shared client was last rebuilt (per loop and URL), so a failing cluster is not
@@ -299,7 +321,7 @@ def heal_shared_client(redis_url: str | None, broken: aioredis.Redis) -> aioredi
     blocking readers finish with an error and take the new one on their retry)."""
     url = resolve_url(redis_url)
     loop = asyncio.get_running_loop()
-    per_loop = _clients.setdefault(loop, {})
+    per_loop = _clients.get(loop) or {}
     current = per_loop.get(url)
     if current is not broken or parse_url(url).kind == "single":
         return current if current is not None else shared_client(url)

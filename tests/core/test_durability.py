@@ -28,7 +28,7 @@ async def test_a_write_without_the_replicas_asked_for_is_not_acknowledged(tmp_pa
             await coord.publish(EventType.MESSAGE, {}, idempotency_key="k")
         assert await direct.xlen(coord.keys.session("d").events) == 1
     finally:
-        await coord.redis.aclose()
+        await coord.aclose()
         await direct.aclose()
         server.stop()
 
@@ -51,7 +51,7 @@ async def test_a_write_is_acknowledged_once_a_replica_has_it(tmp_path):
         assert (await coord.set_state("k", 1)) == 1
         assert await on_replica.hget(coord.keys.session("d").state, "k") == "1"
     finally:
-        await coord.redis.aclose()
+        await coord.aclose()
         await on_replica.aclose()
         replica.stop()
         primary.stop()

@@ -98,4 +98,4 @@ async def test_core_follows_the_primary_through_a_failover(sentinel_setup):
     assert [e.id for e in events] == [first.id, second.id]
     assert replica_client.info("replication")["role"] == "master"
     replica_client.close()
-    await coord.redis.aclose()
+    await coord.aclose()

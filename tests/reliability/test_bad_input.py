@@ -75,7 +75,7 @@ def test_session_ids(redis_url, namespace, ns_keys, session_id):
         event = await coord.publish(EventType.MESSAGE, {"ok": True})
         events = await coord.events()
         await coord.clear()
-        await coord.redis.aclose()
+        await coord.aclose()
         assert events == [event] and events[0].session_id == session_id
         return "accepted"
 
@@ -101,7 +101,7 @@ def test_event_types(redis_url, namespace, ns_keys, event_type):
                 return exc
             return event
         finally:
-            await coord.redis.aclose()
+            await coord.aclose()
 
     before = ns_keys()
     result = run(go())
@@ -130,7 +130,7 @@ def test_payloads(redis_url, namespace, ns_keys, payload):
             await coord.clear()
             return event, stored
         finally:
-            await coord.redis.aclose()
+            await coord.aclose()
 
     before = ns_keys()
     result = run(go())
@@ -156,7 +156,7 @@ def test_state_values(redis_url, namespace, ns_keys, key, value):
             await coord.clear()
             return "stored", got
         finally:
-            await coord.redis.aclose()
+            await coord.aclose()
 
     before = ns_keys()
     outcome, got = run(go())

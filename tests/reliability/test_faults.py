@@ -89,7 +89,7 @@ async def test_redis_restart_during_publish_load_loses_no_acknowledged_event(tmp
         await asyncio.wait_for(task, 60)
     finally:
         task.cancel()
-        await publisher.redis.aclose()
+        await publisher.aclose()
         server.stop()
     assert sorted(set(received)) == sorted(acknowledged)
     assert len(received) == len(set(received))
@@ -116,7 +116,7 @@ async def test_a_paused_redis_gives_a_bounded_timeout(tmp_path, monkeypatch, fig
             await coord.publish(EventType.MESSAGE, {})
         waited = time.monotonic() - started
     finally:
-        await coord.redis.aclose()
+        await coord.aclose()
         await admin.aclose()
         server.stop()
     figures(

@@ -250,7 +250,7 @@ def test_the_examples_run_with_the_agents_credentials(acl_server, example):
         async def handoff():
             coord = AgentCoordinator(sid, creds.agents_url, namespace=NS)
             await coord.publish(EventType.HANDOFF_READY, {"to_agent": "echo_agent"})
-            await coord.redis.aclose()
+            await coord.aclose()
 
         asyncio.run(handoff())
     out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -37,7 +37,7 @@ def test_dashboard_survives_redis_going_away(server_env, chromium, tmp_path, fig
                 try:
                     return await coord.publish(EventType.MESSAGE, {"n": n})
                 finally:
-                    await coord.redis.aclose()
+                    await coord.aclose()
 
             # Playwright's sync API holds this thread's event loop; publish from another thread.
             with ThreadPoolExecutor(1) as pool:

@@ -94,7 +94,7 @@ async def test_core_works_over_tls_with_a_password(tls_redis, figures):
         await coord.set_state("k", [1, None])
         assert await coord.get_state("k") == [1, None]
     finally:
-        await coord.redis.aclose()
+        await coord.aclose()
     figures("rediss:// with a password", "publish, read, state over TLS", "worked")
 
 
@@ -104,7 +104,7 @@ async def test_wrong_password_is_a_clear_error_that_hides_passwords(tls_redis):
     coord = AgentCoordinator("tls-2", wrong, namespace="tls")
     with pytest.raises(RedisUnavailable) as info:
         await coord.publish(EventType.MESSAGE, {})
-    await coord.redis.aclose()
+    await coord.aclose()
     message = str(info.value)
     assert "not-the-password" not in message and PASSWORD not in message
     assert f"rediss://127.0.0.1:{port}/0" in message
