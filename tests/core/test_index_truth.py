@@ -93,3 +93,19 @@ async def test_a_lapsed_claim_names_no_owner(make, redis_sync):
     # a human's control is not a lapsing claim: the controller stays the owner
     await make.coordinator("s-lapse").take_over("sup")
     assert (await index.get_session("s-lapse")).owner == "sup"
+
+
+async def test_prune_keeps_up_and_is_not_held_up_by_live_sessions(make, redis_sync):
+    # sessions kept by a longer retention elsewhere come first in the activity order
+    for i in range(3):
+        await make.coordinator(f"kept-{i}", retention=600).publish(EventType.MESSAGE, {})
+    short = [make.coordinator(f"brief-{i}", retention=1.0) for i in range(12)]
+    for coord in short:
+        await coord.publish(EventType.MESSAGE, {})
+    last_meta = short[-1].keys.session("brief-11").meta
+    await eventually(lambda: _gone(redis_sync, last_meta), "the brief sessions to expire")
+    index = make.index(retention=1.0)
+    # one call, pages of 4: the 3 live ones are skipped, all 12 expired ones cleared
+    assert await index.prune(batch=4) == 12
+    left = redis_sync.zrange(index.keys.activity, 0, -1)
+    assert sorted(left) == ["kept-0", "kept-1", "kept-2"]
