@@ -76,11 +76,19 @@ def new_op_id() -> str:
 def caller_op_id(kind: str, key: object) -> str:
     """The operation id for a caller's idempotency key (``publish(idempotency_key=...)``):
     prefixed by the operation's kind, so the same key given to two operations stays two."""
-    if not isinstance(key, str) or not key or len(key) > 256:
+    if not isinstance(key, str) or not key or len(key) > 256 or not _utf8(key):
         raise InvalidIdempotencyKey(
             f"idempotency_key must be a string of 1-256 characters, not {str(key)[:40]!r}"
         )
     return f"k:{kind}:{key}"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: Redis could not be sent the key
+        return False
+    return True
 
 
 # Cluster mode: per session outbox, the newest entry this process saw applied on the index

@@ -63,8 +63,9 @@ async def test_a_refused_publish_is_replayed_as_refused(make):
     await coord.publish(EventType.MESSAGE, {}, guard=True, idempotency_key="g2")
 
 
-@pytest.mark.parametrize("key", ["", "x" * 257, 5, None.__class__])
+@pytest.mark.parametrize("key", ["", "x" * 257, 5, None.__class__, "k\ud800"])
 async def test_bad_idempotency_keys_are_refused(make, key):
+    # refused before anything is sent, as a CoordinationError (never a UnicodeEncodeError)
     with pytest.raises(InvalidIdempotencyKey):
         await make.coordinator("s-bad").publish(EventType.MESSAGE, {}, idempotency_key=key)
 
@@ -202,3 +203,16 @@ async def test_a_short_lived_session_keeps_its_ids_about_as_long(make, redis_syn
     coord = make.coordinator("s-brief", retention=1.5)
     await coord.publish(EventType.MESSAGE, {}, idempotency_key="k")
     assert 0 < redis_sync.pttl(coord.keys.session("s-brief").ops) <= 3000
+
+
+async def test_any_text_is_a_key_of_its_own(make, redis_sync):
+    coord = make.coordinator("s-hostile")
+    keys = ["\x00\n\r*3\r\n", "ключ", "{index}", "k:publish:x", "x" * 256]
+    first = [
+        await coord.publish(EventType.MESSAGE, {"i": i}, idempotency_key=k)
+        for i, k in enumerate(keys)
+    ]
+    again = [await coord.publish(EventType.MESSAGE, {}, idempotency_key=k) for k in keys]
+    assert [e.id for e in again] == [e.id for e in first]
+    assert len({e.id for e in first}) == len(keys)
+    assert redis_sync.xlen(coord.keys.session("s-hostile").events) == len(keys)
