@@ -137,6 +137,7 @@ class RedisBacked:
         if wait_replicas < 0 or wait_timeout <= 0:
             raise ValueError("wait_replicas must be >= 0 and wait_timeout positive")
         self.wait_replicas = int(wait_replicas)
+        self._wait_timeout_ms = max(1, int(wait_timeout * 1000))
         self._wait = (
             wait_command(self.wait_replicas, max(1, int(wait_timeout * 1000)))
             if self.wait_replicas
@@ -220,7 +221,11 @@ class RedisBacked:
             # a re-sent script return its first outcome
             keys = self._script_keys(session_id)
             try:
-                return await script(client, keys, self._script_args(session_id, *args, op))
+                if self._wait is None:
+                    return await script(client, keys, self._script_args(session_id, *args, op))
+                return await self._run_and_wait(client, script, keys, session_id, args, op)
+            except NotReplicated as exc:
+                raise unavailable(client, exc) from None
             except UNAVAILABLE_ERRORS as exc:
                 raise unavailable(client, exc) from None
             except ResponseError as exc:
@@ -238,6 +243,19 @@ class RedisBacked:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 client = self._heal(client)
+
+    async def _run_and_wait(self, client, script, keys, session_id, args, op):
+        """The script, then WAIT on the same connection (WAIT counts the replicas that have
+        this connection's writes; another connection's WAIT would return at once)."""
+        single = client.client()
+        try:
+            result = await script(single, keys, self._script_args(session_id, *args, op))
+            acked = await single.execute_command("WAIT", self.wait_replicas, self._wait_timeout_ms)
+        finally:
+            await single.aclose()
+        if int(acked) < self.wait_replicas:
+            raise NotReplicated(int(acked), self.wait_replicas)
+        return result
 
     def _heal(self, client):
         """The client to try next after ``client`` failed: for a shared client, a new one

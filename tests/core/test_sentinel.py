@@ -99,3 +99,23 @@ async def test_core_follows_the_primary_through_a_failover(sentinel_setup):
     assert replica_client.info("replication")["role"] == "master"
     replica_client.close()
     await coord.aclose()
+
+
+async def test_wait_replicas_through_sentinel(sentinel_setup):
+    primary, replica, _client, url = sentinel_setup
+    coord = AgentCoordinator("sw", url, namespace="sent", wait_replicas=1, wait_timeout=2)
+    on_replica = redis.Redis(port=replica.port, decode_responses=True, socket_timeout=5)
+    try:
+        wait_until(
+            lambda: on_replica.info("replication").get("master_link_status") == "up",
+            "the replica's first sync",
+        )
+        event = await coord.publish(EventType.MESSAGE, {"n": 1})
+        # WAIT 1 answered on the script's own connection: the replica has the event now
+        assert [r[0] for r in on_replica.xrange(coord.keys.session("sw").events)] == [event.id]
+        strict = AgentCoordinator("sw", url, namespace="sent", wait_replicas=2, wait_timeout=0.2)
+        with pytest.raises(RedisUnavailable, match="1 of 2 replicas"):
+            await strict.publish(EventType.MESSAGE, {}, idempotency_key="k")
+    finally:
+        on_replica.close()
+        await coord.redis.aclose()
