@@ -341,11 +341,13 @@ _closing: set[asyncio.Task] = set()
 
 
 async def _close_later(client: aioredis.Redis) -> None:
-    await asyncio.sleep(MAX_CLOSE_DELAY)
     try:
-        await client.aclose()
-    except Exception:  # noqa: BLE001 - a broken client may fail to close; it is dropped anyway
-        pass
+        await asyncio.sleep(MAX_CLOSE_DELAY)
+    finally:  # also when the loop ends first (asyncio.run cancels the task): no socket left open
+        try:
+            await client.aclose()
+        except Exception:  # noqa: BLE001 - a broken client may fail to close; dropped anyway
+            pass
 
 
 # Blocking reads of the old client end within their BLOCK time (5 s at most) before it closes.
