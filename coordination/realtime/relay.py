@@ -56,6 +56,8 @@ MAX_BACKOFF = 30.0  # seconds between restarts of a relay loop that keeps failin
 POISON_STRIKES = 3  # failures at the same cursor before the entry after it is skipped
 TRENDS_SCAN_EVERY = 15.0  # seconds between looks for escalations gone past their SLA
 
+# 1: the caller holds the lease (taken or renewed). Otherwise minus the milliseconds the
+# holder's lease has left (0 if it has no expiry), so a standby wakes when it runs out.
 ACQUIRE_OR_RENEW = Script(
     "relay_lease",
     """
@@ -64,9 +66,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then return -left end
 return 0
 """,
 )
+# A standby tries again this long after the holder's lease runs out (Redis expires a key when
+# it is read past its time, so a few milliseconds are enough).
+STANDBY_MARGIN = 0.02
 
 # The cursor moves only while the caller still holds the lease (a fenced write).
 COMMIT_CURSOR = Script(
@@ -247,6 +254,7 @@ class Relay:
         self.relayed = 0
         self.skipped = 0  # feed entries no page could show (logged)
         self.restarts = 0  # times the loop failed unexpectedly and was started again
+        self._lease_left: float | None = None  # seconds the holder's lease had left (standby)
         self.state = "starting"  # starting, leading, standby, restarting, stopped
         self.beat_at = time.monotonic()  # the loop's last sign of life
         self._stopping = asyncio.Event()
@@ -278,6 +286,7 @@ class Relay:
             while not self._stopping.is_set():
                 self.beat_at = time.monotonic()
                 try:
+                    self._lease_left = None
                     if await self._acquire():
                         self.is_leader = True
                         self.state = "leading"
@@ -289,7 +298,12 @@ class Relay:
                     self.is_leader = False
                     self.state = "standby"
                     await report(self.index, self.worker_id)
-                    await self._pause(self.lease_ttl_ms / 3000)
+                    # Wake when the holder's lease runs out, not up to a third of a lease later:
+                    # a dead leader is replaced within the lease time (plus STANDBY_MARGIN).
+                    wait = self.lease_ttl_ms / 3000
+                    if self._lease_left is not None:
+                        wait = min(wait, self._lease_left + STANDBY_MARGIN)
+                    await self._pause(wait)
                 except (RedisUnavailable, *UNAVAILABLE_ERRORS) as exc:
                     self.is_leader = False
                     self.state = "standby"
@@ -328,13 +342,15 @@ class Relay:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _acquire(self) -> bool:
-        return bool(
+        result = int(
             await self.index.call(
                 ACQUIRE_OR_RENEW(
                     self.index.redis, [self.lease_key], [self.worker_id, self.lease_ttl_ms]
                 )
             )
         )
+        self._lease_left = -result / 1000 if result < 0 else None
+        return result == 1
 
     async def _commit(self, cursor: str) -> bool:
         return bool(

@@ -165,3 +165,22 @@ async def test_a_cursor_overwritten_with_garbage_restarts_from_the_newest_entry(
     finally:
         await relay.stop(task)
         await layer.group_discard(session_group("s-cursor"), channel)
+
+
+async def test_a_standby_takes_over_when_the_dead_holders_lease_runs_out(
+    redis_url, namespace, redis_sync, coordination_settings
+):
+    # A holder that stopped renewing (killed) has 1 s of lease left. With a 30 s lease the
+    # standby used to look again only every 10 s (a third of a lease); it now wakes when the
+    # holder's lease runs out. Stated bound: 5 s (the old wait would be 10 s).
+    index = SessionIndex(redis_url, namespace=namespace)
+    redis_sync.set(index.keys.relay_lease, "dead-worker", px=1000)
+    relay = Relay(index, lease_ttl=30.0, worker_id="standby")
+    task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: relay.state == "standby", "the relay to stand by")
+        assert not relay.is_leader
+        await eventually(lambda: relay.is_leader, "the standby to take the lease", timeout=5)
+        assert redis_sync.get(index.keys.relay_lease) == "standby"
+    finally:
+        await relay.stop(task)
