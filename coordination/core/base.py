@@ -96,6 +96,22 @@ def _utf8(text: str) -> bool:
 _acked: dict[str, str] = {}
 
 
+def _script_failure(client: Any, script: Any, exc: BaseException) -> CoordinationError:
+    """A failed script call as the core's error: the server unavailable (a connection error,
+    a refused WAIT, a failover's UNBLOCKED) or the script refused."""
+    if isinstance(exc, ResponseError) and not is_unavailable_reply(exc):
+        return CoordinationError(f"Redis refused the {script.name} script: {exc}")
+    return unavailable(client, exc)
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    # an unavailable server hides redis-py's chain (it names the URL, with any password);
+    # a refused script keeps it
+    if isinstance(exc, ResponseError) and not is_unavailable_reply(exc):
+        return exc
+    return None
+
+
 class RedisBacked:
     """Holds a Redis client (given, or shared per URL and event loop) and a ``Keyspace``."""
 
@@ -207,14 +223,8 @@ class RedisBacked:
                     self._wait,
                     self.wait_replicas,
                 )
-            except NotReplicated as exc:
-                raise unavailable(client, exc) from None
-            except UNAVAILABLE_ERRORS as exc:
-                raise unavailable(client, exc) from None
-            except ResponseError as exc:
-                if is_unavailable_reply(exc):
-                    raise unavailable(client, exc) from None
-                raise CoordinationError(f"Redis refused the {script.name} script: {exc}") from exc
+            except (NotReplicated, *UNAVAILABLE_ERRORS, ResponseError) as exc:
+                raise _script_failure(client, script, exc) from _cause(exc)
         op = new_op_id() if op_id is None else op_id
         if not is_cluster(client):
             # Sentinel, or a client given by the caller: redis-py may re-send; the id makes
@@ -224,14 +234,8 @@ class RedisBacked:
                 if self._wait is None:
                     return await script(client, keys, self._script_args(session_id, *args, op))
                 return await self._run_and_wait(client, script, keys, session_id, args, op)
-            except NotReplicated as exc:
-                raise unavailable(client, exc) from None
-            except UNAVAILABLE_ERRORS as exc:
-                raise unavailable(client, exc) from None
-            except ResponseError as exc:
-                if is_unavailable_reply(exc):
-                    raise unavailable(client, exc) from None
-                raise CoordinationError(f"Redis refused the {script.name} script: {exc}") from exc
+            except (NotReplicated, *UNAVAILABLE_ERRORS, ResponseError) as exc:
+                raise _script_failure(client, script, exc) from _cause(exc)
         deadline = time.monotonic() + CLUSTER_RETRY_SECONDS
         delay = 0.05
         while True:
