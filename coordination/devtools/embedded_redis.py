@@ -268,10 +268,26 @@ class EmbeddedCluster:
                 return node
         raise EmbeddedRedisError(f"no live replica of the node on port {primary.port}")
 
-    def failover(self, replica: EmbeddedRedis) -> None:
-        """A clean, coordinated ``CLUSTER FAILOVER`` started on ``replica``."""
+    def failover(
+        self, replica: EmbeddedRedis, timeout: float = 30.0, attempt_seconds: float = 8.0
+    ) -> None:
+        """A clean, coordinated ``CLUSTER FAILOVER`` started on ``replica``; returns once the
+        replica says it is a primary. Asked again while it is still a replica after
+        ``attempt_seconds``: Redis aborts a manual failover that does not complete within 5 s
+        (on a loaded machine the primary's pause and the replica's catch-up can take longer)
+        and never retries it by itself. ``EmbeddedRedisError`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         with self._client(replica) as client:
-            client.execute_command("CLUSTER", "FAILOVER")
+            while time.monotonic() < deadline:
+                client.execute_command("CLUSTER", "FAILOVER")
+                attempt_ends = min(deadline, time.monotonic() + attempt_seconds)
+                while time.monotonic() < attempt_ends:
+                    if client.execute_command("ROLE")[0] == "master":
+                        return
+                    time.sleep(0.1)
+        raise EmbeddedRedisError(
+            f"the replica on port {replica.port} did not take over in {timeout:g} s"
+        )
 
     def restart(self, node: EmbeddedRedis) -> None:
         """Start a killed node again on its port and data dir: it rejoins as a replica of the

@@ -134,7 +134,8 @@ async def test_failover_and_kill_lose_and_duplicate_nothing(chaos_cluster, names
 
     await rounds_done(3)
     index_primary = chaos_cluster.node_for_slot(_index_slot(namespace))
-    chaos_cluster.failover(chaos_cluster.replica_of(index_primary))
+    # in a thread: the publisher and the subscribers keep running on this loop meanwhile
+    await asyncio.to_thread(chaos_cluster.failover, chaos_cluster.replica_of(index_primary))
     await eventually(
         lambda: chaos_cluster.node_for_slot(_index_slot(namespace)) is not index_primary,
         "the index slot's replica to take over",
