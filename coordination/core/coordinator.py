@@ -34,7 +34,7 @@ from .events import (
     encode_json,
     encode_payload,
     event_from_fields,
-    event_from_flat,
+    events_from_entries,
 )
 from .keys import validate_agent_id, validate_queue, validate_session_id
 from .scripts import (
@@ -238,6 +238,7 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         client = self.redis
         pool = fast_pool(client)
         key = self._keys.events
+        session_id = self.session_id
         loop_clock = time.monotonic
         last_event_at = loop_clock()
         failing_since, retry_delay = 0.0, 0.05
@@ -249,7 +250,7 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
                 if remaining <= 0:
                     return
                 block_ms = max(1, int(min(remaining, MAX_BLOCK_SECONDS) * 1000))
-            if pool is not None:  # the hot path: no per-command wrapper, entries decoded flat
+            if pool is not None:  # the hot path: no per-command wrapper
                 reply = await self.call_blocking(
                     command(
                         pool,
@@ -263,7 +264,6 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
                         cursor,
                     )
                 )
-                decode = event_from_flat
             else:
                 try:
                     reply = await self.call_blocking(
@@ -283,19 +283,28 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
                     client = self._heal(client)
                     continue
                 failing_since, retry_delay = 0.0, 0.05
-                decode = event_from_fields
             if not reply:
                 continue
             entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-            if entries and isinstance(entries[0], list) and len(entries[0]) == 1:
+            if not entries:
+                continue
+            if isinstance(entries[0], list) and len(entries[0]) == 1:
                 entries = entries[0]  # RESP3 (protocol=3 in the URL) nests once more
-            for entry_id, fields in entries:
-                cursor = entry_id
-                event = decode(self.session_id, entry_id, fields)
-                if wanted is not None and event.type not in wanted:
-                    continue
-                last_event_at = loop_clock()
+            cursor = entries[-1][0]
+            # The batch is decoded in one call, not one per event (issue 18: reading a backlog
+            # is mostly this); entries come as Redis sends them on the hot path, with fields
+            # as dicts from redis-py's client otherwise.
+            if pool is not None:
+                events = events_from_entries(session_id, entries, wanted)
+            else:
+                events = [event_from_fields(session_id, i, f) for i, f in entries]
+                if wanted is not None:
+                    events = [e for e in events if e.type in wanted]
+            for event in events:
                 yield event
+            if events:
+                # the caller came back for more after the last one: the timeout counts from here
+                last_event_at = loop_clock()
 
     async def _resolve_since(self, since: str) -> str:
         if since == "$":

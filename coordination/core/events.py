@@ -99,6 +99,30 @@ class Event:
         }
 
 
+_new_object = object.__new__
+(_set_id, _set_type, _set_data, _set_session_id, _set_timestamp, _set_source, _set_extra) = (
+    Event.__dict__[name].__set__
+    for name in ("id", "type", "data", "session_id", "timestamp", "source", "extra")
+)
+
+
+def _event(
+    id: str, type: EventType | str, data: dict, session_id: str, timestamp: float, source
+) -> Event:
+    """``Event(...)`` through its slots: a frozen dataclass's ``__init__`` sets each field with
+    ``object.__setattr__`` (1.19 us against 0.50 here), which reading a backlog pays per event.
+    The instance is the same (its type, fields, equality, immutability)."""
+    event = _new_object(Event)
+    _set_id(event, id)
+    _set_type(event, type)
+    _set_data(event, data)
+    _set_session_id(event, session_id)
+    _set_timestamp(event, timestamp)
+    _set_source(event, source)
+    _set_extra(event, {})
+    return event
+
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 # Over this many characters a stored payload is not decoded at all (the core writes at most
@@ -125,9 +149,27 @@ def decode_stored_json(raw: str | None, default: Any = None) -> tuple[Any, str |
     if len(raw) > MAX_STORED_PAYLOAD_CHARS:
         return raw[:1000], f"{len(raw)} characters, more than any value the core writes"
     try:
-        return json.loads(raw), None
+        return loads(raw), None
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         return raw, f"not JSON ({type(exc).__name__})"
+
+
+_scan_once = json.JSONDecoder().scan_once
+
+
+def loads(text: str) -> Any:
+    """``json.loads(text)``, the same value or the same error for every input, in half the
+    time for text the core wrote (compact, nothing around it): the C scanner is called
+    directly, without ``json.loads``'s two Python frames and whitespace matches (1.4 against
+    0.66 us for a small payload, issue 18). Anything else (surrounding whitespace, extra
+    data, an error) is left to ``json.loads`` itself."""
+    try:
+        value, end = _scan_once(text, 0)
+    except (StopIteration, ValueError):
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return value
 
 
 def _timestamp(entry_id: str) -> float:
@@ -166,28 +208,56 @@ def event_from_fields(session_id: str, entry_id: str, fields: dict[str, str]) ->
 
 
 _TYPES = {t.value: t for t in EventType}
+_SOURCE_FIELDS = ("src", "op")
 
 
 def event_from_flat(session_id: str, entry_id: str, flat: list) -> Event:
-    """``event_from_fields`` for an entry as Redis sends it (``[field, value, ...]``). The
-    shape the core writes (``t``, ``d``, then ``src`` or ``op``) holding a known type and a
-    JSON object is decoded without building a dict (reading a backlog is mostly this, issue
-    18); anything else takes ``event_from_fields``, which keeps what it cannot read."""
-    n = len(flat)
-    if n >= 4 and flat[0] == "t" and flat[2] == "d" and (n == 4 or flat[4] in ("src", "op")):
-        etype = _TYPES.get(flat[1])
-        raw = flat[3]
-        if etype is not None and isinstance(raw, str) and len(raw) <= MAX_STORED_PAYLOAD_CHARS:
-            try:
-                data = json.loads(raw)
-            except (ValueError, RecursionError):
-                data = None
-            if type(data) is dict:
-                source = flat[5] if n >= 6 and flat[4] == "src" else None
-                return Event(
-                    entry_id, etype, data, session_id, _timestamp(entry_id), source or None
-                )
-    return event_from_fields(session_id, entry_id, dict(zip(flat[::2], flat[1::2], strict=False)))
+    """``event_from_fields`` for an entry as Redis sends it (``[field, value, ...]``)."""
+    return events_from_entries(session_id, ((entry_id, flat),))[0]
+
+
+def events_from_entries(
+    session_id: str, entries, wanted: frozenset | set | None = None
+) -> list[Event]:
+    """The events of XREAD/XRANGE entries as Redis sends them (``(id, [field, value, ...])``),
+    those of a type in ``wanted`` only when it is given, decoded as ``event_from_fields``
+    decodes them. The shape the core writes (``t``, ``d``, and optionally ``src``) holding a
+    known type and a JSON object is decoded in this one loop, without a dict per entry or a
+    call per event (reading a backlog is mostly this, issue 18); anything else, including
+    entries written around the core, takes ``event_from_fields``, which keeps what it cannot
+    read instead of raising."""
+    events: list[Event] = []
+    append = events.append
+    types, scan, limit = _TYPES, _scan_once, MAX_STORED_PAYLOAD_CHARS
+    for entry_id, flat in entries:
+        n = len(flat)
+        if (
+            (n == 4 or (n == 6 and flat[4] in _SOURCE_FIELDS))
+            and flat[0] == "t"
+            and flat[2] == "d"
+            and (etype := types.get(flat[1])) is not None
+        ):
+            if wanted is not None and etype not in wanted:
+                continue
+            raw = flat[3]
+            if type(raw) is str and len(raw) <= limit:
+                try:
+                    data, end = scan(raw, 0)
+                except (StopIteration, ValueError, RecursionError):
+                    data = end = None
+                if type(data) is dict and end == len(raw):
+                    try:
+                        timestamp = int(entry_id.split("-", 1)[0]) / 1000.0
+                    except (ValueError, OverflowError, AttributeError):
+                        timestamp = 0.0
+                    source = flat[5] if n == 6 and flat[4] == "src" else None
+                    append(_event(entry_id, etype, data, session_id, timestamp, source or None))
+                    continue
+        fields = dict(zip(flat[::2], flat[1::2], strict=False))
+        event = event_from_fields(session_id, entry_id, fields)
+        if wanted is None or event.type in wanted:
+            append(event)
+    return events
 
 
 def is_stream_id(value: object) -> bool:
