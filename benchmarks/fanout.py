@@ -238,6 +238,7 @@ async def _phase(servers, coords, rate, seconds, pages=None):
         pages.send("mark")
         await asyncio.to_thread(pages.recv)
     wall0 = time.perf_counter()
+    began = time.monotonic()
     publisher = asyncio.create_task(_publish(coords, rate, stop))
     prober = asyncio.create_task(probe([s.port for s in servers], stop))
     await asyncio.sleep(seconds)
@@ -255,7 +256,44 @@ async def _phase(servers, coords, rate, seconds, pages=None):
         "sent": sent,
         "waited": waited,
         "load": load,
+        "monotonic": (began, time.monotonic()),
     }
+
+
+def _census_env() -> dict[str, str]:
+    """``FANOUT_GC_CENSUS=<seconds>``: the servers count what reaches generation 2 in one
+    second, that long after start-up (coordination/realtime/gc_report.py)."""
+    census = os.environ.get("FANOUT_GC_CENSUS")
+    return {"COORDINATION_GC_PROMOTED": census} if census else {}
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _mb(values: list[float]) -> str:
+    return "+".join(f"{v:.0f}" for v in values)
+
+
+def _gc_line(stats: list[dict]) -> str:
+    """Per server, over its whole life (both phases): full collections, their longest, and
+    the collections of each generation."""
+    parts = []
+    for s in stats:
+        if not s:
+            parts.append("gc: no report")
+            continue
+        full = [f["ms"] for f in s["full_loaded"]]
+        parts.append(
+            f"gc collections {s['collections']} (gen2 with pages, ms: "
+            f"{' '.join(f'{ms:.0f}' for ms in full) or 'none'}; "
+            f"max gen0/1/2 {'/'.join(f'{ms:.0f}' for ms in s['max_ms'])} ms)"
+        )
+    return "; ".join(parts)
 
 
 def _summary(probes):
@@ -277,7 +315,12 @@ async def bench_fanout(site, pages: int, seconds: float, processes: int = 1, rat
     limit = raise_fd_limit(2 * pages + 1024)
     coords = await _populate(site)
     cookies = await asyncio.to_thread(_make_users, site)
-    servers = [AsgiServer(site.env).start() for _ in range(processes)]
+    gc_files = [f"{site.tmp}/gc-{n}.json" for n in range(processes)]
+    servers = [
+        AsgiServer({**site.env, "COORDINATION_GC_REPORT": path, **_census_env()}).start()
+        for path in gc_files
+    ]
+    rss = {"started": [s.rss_mb() for s in servers]}
     print(f"fanout: uvicorn pids {' '.join(str(s.process.pid) for s in servers)}", flush=True)
     context = multiprocessing.get_context("spawn")
     parent = child = None
@@ -299,7 +342,9 @@ async def bench_fanout(site, pages: int, seconds: float, processes: int = 1, rat
         child.start()
         _, opened, failed = await asyncio.to_thread(parent.recv)
         open_seconds = time.perf_counter() - opening
+        rss["pages_open"] = [s.rss_mb() for s in servers]
         loaded = await _phase(servers, coords, rate, seconds, pages=parent)
+        rss["end"] = [s.rss_mb() for s in servers]
         parent.send("stop")
         frames, sizes, errors, error_count, reconnects = await asyncio.to_thread(parent.recv)
     finally:
@@ -309,6 +354,11 @@ async def bench_fanout(site, pages: int, seconds: float, processes: int = 1, rat
                 child.kill()
         for server in servers:
             server.stop()
+    gc_stats = [_read_json(path) for path in gc_files]
+    for s in gc_stats:  # the full collections while the pages were open and notices flowing
+        if s:
+            begin, end = (t - s["started_monotonic"] for t in loaded["monotonic"])
+            s["full_loaded"] = [f for f in s["full"] if begin <= f["at_s"] <= end]
     total_frames = sum(frames)
     extra_cpu = loaded["cpu"] - base["cpu"] * loaded["wall"] / base["wall"]
     per_page_us = extra_cpu / total_frames * 1e6 if total_frames else float("nan")
@@ -332,7 +382,9 @@ async def bench_fanout(site, pages: int, seconds: float, processes: int = 1, rat
             f"server CPU {loaded['cpu'] / loaded['wall'] * 100:.0f}% (no pages "
             f"{base['cpu'] / base['wall'] * 100:.0f}%), {per_page_us:.0f} us CPU per notice per page; "
             f"event loop waiting for a CPU {loaded['waited'] / loaded['wall'] * 100:.0f}% of the time "
-            f"(no pages {base['waited'] / base['wall'] * 100:.0f}%), machine load {loaded['load']:.1f}"
+            f"(no pages {base['waited'] / base['wall'] * 100:.0f}%), machine load {loaded['load']:.1f}; "
+            f"RSS MB started/pages open/end {_mb(rss['started'])}/{_mb(rss['pages_open'])}/"
+            f"{_mb(rss['end'])}; {_gc_line(gc_stats)}"
         ),
         extra={
             "pages": pages,
@@ -357,6 +409,8 @@ async def bench_fanout(site, pages: int, seconds: float, processes: int = 1, rat
             "events_sent": {"baseline": base["sent"], "loaded": loaded["sent"]},
             "run_queue_seconds": {"baseline": base["waited"], "loaded": loaded["waited"]},
             "load_average": {"baseline": base["load"], "loaded": loaded["load"]},
+            "rss_mb": rss,
+            "gc": gc_stats,
         },
     )
 
@@ -388,6 +442,9 @@ def main() -> None:
             "open failures",
             extra["open_failures"],
         )
+        for stats in extra["gc"]:
+            if stats.get("census"):
+                print("gc census", json.dumps(stats["census"]))
     finally:
         drop_namespace(url, namespace)
         if embedded:

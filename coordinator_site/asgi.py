@@ -12,8 +12,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from coordination.foundation.origin import SameOriginValidator  # noqa: E402
+from coordination.realtime import gc_report  # noqa: E402
 from coordination.realtime.routing import websocket_urlpatterns  # noqa: E402
 from coordinator_site.lifespan import LifespanRelay  # noqa: E402
+
+gc_report.install_from_env()  # a diagnostic, off unless COORDINATION_GC_REPORT is set
 
 application = LifespanRelay(
     ProtocolTypeRouter(
