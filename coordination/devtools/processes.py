@@ -32,6 +32,14 @@ def uvicorn_proxy_args(forwarded_allow_ips: str | list[str] | None) -> list[str]
     return ["--proxy-headers", "--forwarded-allow-ips", ",".join(allowed)]
 
 
+# uvicorn compresses every websocket frame for every socket (permessage-deflate, a zlib stream
+# per socket) when the browser offers it, and every browser does. A notice sends the same
+# ~1.2 KB of markup to each open page, so with 1,000 pages the server deflated the same text
+# 1,000 times: 11% of its CPU, in the event loop that also answers /healthz (issue 18). The
+# extension is optional in the protocol: without it browsers take the frames uncompressed.
+UVICORN_WS_ARGS = ["--ws-per-message-deflate", "false"]
+
+
 def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it has not exited after ``timeout`` seconds."""
     if process is None or process.poll() is not None:
@@ -72,6 +80,7 @@ class AsgiServer:
                 "on",
                 "--log-level",
                 "warning",
+                *UVICORN_WS_ARGS,
                 *uvicorn_proxy_args(self.env.get("FORWARDED_ALLOW_IPS")),
             ],
             cwd=ROOT,

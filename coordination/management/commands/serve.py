@@ -24,7 +24,7 @@ from coordination.core import RedisUnavailable, check_connection
 from coordination.core.connection import redact_url
 from coordination.core.signing import DECISION_KEY_ENV
 from coordination.devtools.embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from coordination.devtools.processes import uvicorn_proxy_args
+from coordination.devtools.processes import UVICORN_WS_ARGS, uvicorn_proxy_args
 from coordination.foundation import redis_acl
 from coordination.foundation.core_clients import decision_signer
 
@@ -100,6 +100,7 @@ class Command(BaseCommand):
                         "on",  # the lifespan starts the relay that feeds live updates
                         "--log-level",
                         "warning",
+                        *UVICORN_WS_ARGS,  # no per-socket deflate of shared frames
                         # forwarded headers only from FORWARDED_ALLOW_IPS (none by default)
                         *uvicorn_proxy_args(settings.FORWARDED_ALLOW_IPS),
                     ],
