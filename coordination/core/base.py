@@ -14,7 +14,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from .calls import NotReplicated, fast_pool, run_cluster_script, run_script, wait_command
+from .calls import (
+    NotReplicated,
+    fast_pool,
+    pack_keys,
+    run_cluster_script,
+    run_script,
+    wait_command,
+)
 from .connection import (
     UNAVAILABLE_ERRORS,
     heal_shared_client,
@@ -161,6 +168,7 @@ class RedisBacked:
         )
         self._global_keys = self.keys.global_keys()
         self._keys_cache: dict[str, list[str]] = {}
+        self._packed_cache: dict[str, bytes] = {}
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -175,6 +183,7 @@ class RedisBacked:
         is closed with it (``connection.shared_client``), since other objects on the loop use
         it. So never close ``.redis`` of an object you did not give a client to."""
         self._keys_cache.clear()
+        self._packed_cache.clear()
 
     async def __aenter__(self):
         return self
@@ -194,6 +203,15 @@ class RedisBacked:
                 *self._global_keys,
             ]
         return keys[:SESSION_KEY_COUNT] if cluster else keys
+
+    def _packed_keys(self, session_id: str) -> bytes:
+        """``calls.pack_keys`` of the session's script keys on one server, kept with them."""
+        packed = self._packed_cache.get(session_id)
+        if packed is None:
+            if len(self._packed_cache) >= 1024:
+                self._packed_cache.clear()
+            packed = self._packed_cache[session_id] = pack_keys(self._script_keys(session_id))
+        return packed
 
     def _script_args(self, session_id: str, *args: Any) -> list[Any]:
         return [session_id, self.stream_maxlen, self.feed_maxlen, self.retention_ms, *args]
@@ -227,6 +245,7 @@ class RedisBacked:
                     ],
                     self._wait,
                     self.wait_replicas,
+                    self._packed_keys(session_id),
                 )
             except (NotReplicated, *UNAVAILABLE_ERRORS, ResponseError) as exc:
                 raise _script_failure(client, script, exc) from _cause(exc)

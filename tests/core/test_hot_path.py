@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import re
 
+import hiredis
 import pytest
 from redis.exceptions import ResponseError
 
 from coordination import EventType
-from coordination.core import scripts
+from coordination.core import calls, scripts
 from coordination.core.calls import fast_pool
 from coordination.core.events import event_from_fields, event_from_flat
 from coordination.core.keys import Keyspace
@@ -68,3 +69,20 @@ def test_flat_entries_decode_as_dicts_do(flat):
     assert flat_event == dict_event
     assert flat_event.extra == dict_event.extra
     assert flat_event.source == dict_event.source
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["s-1", 10000, 100000, 604800000, "agent-1", 30000, ""],
+        ["s\u00e9", -1, 0, 1.5, "", "\x00\r\n*3\r\n$1", "k:claim:" + "x" * 300],
+    ],
+)
+def test_a_call_packed_with_kept_keys_is_the_whole_command_packed(args):
+    # the packed keys are kept per session and joined with the call's arguments: the bytes
+    # must be exactly what packing the whole command gives (hostile text included)
+    keys = Keyspace("ns").session("{a}/..").all() + Keyspace("ns").global_keys()
+    whole = hiredis.pack_command(("FCALL", "lib_claim", len(keys), *keys, *args))
+    joined = calls._pack_call("FCALL", "lib_claim", keys, calls.pack_keys(keys), args)
+    assert joined == whole
+    assert calls._pack_call("FCALL", "lib_claim", keys, None, args) == whole
