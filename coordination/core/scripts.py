@@ -638,6 +638,7 @@ for i = 0, n - 1 do
   end
 end
 local result = {1}
+local created = false
 for i = 0, n - 1 do
   local key, value = ARGV[7 + i * 3], ARGV[8 + i * 3]
   local old = redis.call('HGET', K_STATE, key)
@@ -648,18 +649,20 @@ for i = 0, n - 1 do
       redis.call('HDEL', K_STATE, key)
       new = 'null'
       tail = ',"deleted":true'
-    else
-      redis.call('HSET', K_STATE, key, value)
+    elseif redis.call('HSET', K_STATE, key, value) == 1 then
+      created = true
     end
     local version = redis.call('HINCRBY', K_VERSIONS, key, '1')
+    if version == 1 then created = true end
     local data = '{"key":' .. (jstr(key)) .. ',"old":' .. (old or 'null') .. ',"new":' .. new .. ',"version":' .. string.format('%d', version) .. tail .. ',"by":' .. jstr(ARGV[5]) .. '}'
     emit('state_changed', data, ARGV[5], nil)
     table.insert(result, key)
     table.insert(result, version)
   end
 end
-if #result > 1 and redis.call('PTTL', K_STATE) == -1 then
-  -- a state hash created between two expiry refreshes must not outlive its session
+if created and redis.call('PTTL', K_STATE) == -1 then
+  -- a state hash created between two expiry refreshes must not outlive its session (only a
+  -- new field can have created one: a rewrite of a known key spares the PTTL)
   redis.call('PEXPIRE', K_STATE, RETENTION)
   redis.call('PEXPIRE', K_VERSIONS, RETENTION)
 end

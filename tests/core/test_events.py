@@ -136,6 +136,22 @@ async def test_streams_are_capped_and_sessions_expire(make, redis_sync):
     assert 0 < redis_sync.pttl(coord.keys.session("s-cap").meta) <= 3600 * 1000
 
 
+async def test_state_created_between_expiry_refreshes_expires_with_its_session(make, redis_sync):
+    coord = make.coordinator("s-state-ttl", retention=3600)
+    keys = coord.keys.session("s-state-ttl")
+    await coord.publish(EventType.MESSAGE, {})  # refreshes the session's expiry now
+    # the next writes come within the second: no refresh, so the script itself must give a
+    # hash it creates the session's expiry
+    await coord.set_state("a", 1)
+    assert 0 < redis_sync.pttl(keys.state) <= 3600 * 1000
+    assert 0 < redis_sync.pttl(keys.versions) <= 3600 * 1000
+    await coord.delete_state("a")  # the last field: the hash is gone
+    assert redis_sync.exists(keys.state) == 0
+    await coord.set_state("a", 2)  # created again, its version kept
+    assert 0 < redis_sync.pttl(keys.state) <= 3600 * 1000
+    assert await coord.set_state("a", 3) == 4
+
+
 async def test_feed_carries_every_session_in_order_and_resumes(make):
     a, b = make.coordinator("s-a"), make.coordinator("s-b")
     index = make.index()
