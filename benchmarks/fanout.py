@@ -375,7 +375,9 @@ async def bench_fanout(site, pages: int, seconds: float, processes: int = 1, rat
         spread=(
             f"healthz p50 {lo['p50_ms']:.1f} ms (no pages {b['p50_ms']:.1f}), p95 {lo['p95_ms']:.1f} "
             f"(no pages {b['p95_ms']:.1f}), p99 {lo['p99_ms']:.1f} "
-            f"(no pages {b['p99_ms']:.1f}), non-200 {lo['non_200']}/{lo['probes']} "
+            f"(no pages {b['p99_ms']:.1f}), max {lo['max_ms']:.0f} (no pages {b['max_ms']:.0f}), "
+            f"over 100 ms {lo['over_100_ms']} (no pages {b['over_100_ms']}), "
+            f"non-200 {lo['non_200']}/{lo['probes']} "
             f"(no pages {b['non_200']}/{b['probes']}); {rate} events/s for {seconds:g} s; "
             f"pages opened {opened}/{pages} in {open_seconds:.0f} s, frames per page median "
             f"{notices_per_page} ({notices_per_page / loaded['wall']:.1f}/s), closed {error_count} (reconnected {reconnects}); "

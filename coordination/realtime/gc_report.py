@@ -2,10 +2,10 @@
 garbage collections take (``gc.callbacks``) and which objects reach generation 2.
 
 ``COORDINATION_GC_REPORT=<path>`` times every collection and rewrites a JSON summary at
-``<path>`` every 2 s. ``COORDINATION_GC_PROMOTED=<seconds>`` adds, that many
-seconds after start-up, one second's census of what was promoted to generation 2: everything
-is frozen first (``gc.freeze``), so what generation 2 holds a second later arrived in that
-second; then it is unfrozen. Used by ``benchmarks/fanout.py`` (issue 18: a full collection
+``<path>`` every 2 s. ``COORDINATION_GC_PROMOTED=<seconds>[,<window>]`` adds,
+that many seconds after start-up, a census of what was promoted to generation 2 in the next
+``window`` seconds (1 by default): everything is frozen first (``gc.freeze``), so what
+generation 2 holds at the end arrived meanwhile; then it is unfrozen. Used by ``benchmarks/fanout.py`` (issue 18: a full collection
 with 1,000 open sockets took 115-335 ms, the tail of ``/healthz``).
 """
 
@@ -54,19 +54,22 @@ class GcTimer:
                 }
             )
 
-    def take_census(self, delay: float) -> None:
+    def take_census(self, delay: float, window: float) -> None:
         time.sleep(delay)
         sizes = [len(gc.get_objects(g)) for g in range(3)]
         held = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+        counts = list(self.counts)
         gc.freeze()
-        time.sleep(1.0)
+        time.sleep(window)
         promoted = gc.get_objects(2)
         types = collections.Counter(type(o).__qualname__ for o in promoted)
         gc.unfreeze()
         self.census = {
             "after_s": delay,
             "generation_sizes_before": sizes,
-            "promoted_in_1s": len(promoted),
+            "window_s": window,
+            "promoted": len(promoted),
+            "collections_meanwhile": [b - a for a, b in zip(counts, self.counts, strict=True)],
             "types": types.most_common(40),
             "held": held.most_common(40),
         }
@@ -84,7 +87,6 @@ class GcTimer:
             "seconds": round(time.monotonic() - self.started, 1),
             "started_monotonic": self.started,
             "threshold": gc.get_threshold(),
-            "frozen": gc.get_freeze_count(),
             "collections": self.counts,
             "total_ms": [round(t, 1) for t in self.total_ms],
             "max_ms": [round(t, 1) for t in self.max_ms],
@@ -103,7 +105,10 @@ def install_from_env() -> GcTimer | None:
     timer = GcTimer(path)
     gc.callbacks.append(timer)
     threading.Thread(target=timer.write_every, args=(2.0,), daemon=True).start()
-    delay = os.environ.get(PROMOTED_ENV)
-    if delay:
-        threading.Thread(target=timer.take_census, args=(float(delay),), daemon=True).start()
+    census = os.environ.get(PROMOTED_ENV)
+    if census:
+        delay, _, window = census.partition(",")
+        threading.Thread(
+            target=timer.take_census, args=(float(delay), float(window or 1)), daemon=True
+        ).start()
     return timer
