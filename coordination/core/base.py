@@ -168,7 +168,7 @@ class RedisBacked:
         )
         self._global_keys = self.keys.global_keys()
         self._keys_cache: dict[str, list[str]] = {}
-        self._packed_cache: dict[str, bytes] = {}
+        self._packed_cache: dict[str, tuple[bytes, int]] = {}
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -204,13 +204,16 @@ class RedisBacked:
             ]
         return keys[:SESSION_KEY_COUNT] if cluster else keys
 
-    def _packed_keys(self, session_id: str) -> bytes:
-        """``calls.pack_keys`` of the session's script keys on one server, kept with them."""
+    def _packed_keys(self, session_id: str) -> tuple[bytes, int]:
+        """``calls.pack_keys`` of the session's script keys on one server and the first
+        arguments of its every call (``_script_args``), kept with them."""
         packed = self._packed_cache.get(session_id)
         if packed is None:
             if len(self._packed_cache) >= 1024:
                 self._packed_cache.clear()
-            packed = self._packed_cache[session_id] = pack_keys(self._script_keys(session_id))
+            packed = self._packed_cache[session_id] = pack_keys(
+                self._script_keys(session_id), tuple(self._script_args(session_id))
+            )
         return packed
 
     def _script_args(self, session_id: str, *args: Any) -> list[Any]:

@@ -18,20 +18,26 @@ Scripts run as Redis 7 functions (FCALL) where the server and the user allow it,
 
 from __future__ import annotations
 
+import asyncio
 import os
-import weakref
+import time
 
 import hiredis
 from redis.asyncio.connection import ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import FastConnection, FastSSLConnection
 from .scripts import LIBRARY, SessionScript
 
-# Per pool: "fcall" once the library answered, "evalsha" when functions are not available.
 _FAST_CLASSES = (FastConnection, FastSSLConnection)
 
-_modes: weakref.WeakKeyDictionary[ConnectionPool, str] = weakref.WeakKeyDictionary()
+# Per pool: "fcall" once the library answered, "evalsha" when functions are not available.
+# Kept on the pool itself (an attribute of ours): a WeakKeyDictionary lookup makes a weak
+# reference per call.
+_MODE = "_coordination_script_mode"
+_monotonic = time.monotonic
 
 
 def fast_pool(client) -> ConnectionPool | None:
@@ -64,8 +70,7 @@ async def execute(pool: ConnectionPool, packed: bytes, wait: bytes | None = None
         if not connection.is_connected:
             await connection.connect()
         if wait is None:
-            await connection.send_packed_command((packed,))
-            return await connection.read_response()
+            return await _round_trip(connection, packed)
         result, acked = await _send(connection, [packed, wait])
     except ResponseError:
         raise  # an answer: the connection is in step
@@ -85,33 +90,86 @@ async def execute(pool: ConnectionPool, packed: bytes, wait: bytes | None = None
     return result
 
 
+# A write that leaves more than this in the transport's buffer waits for it to drain (what
+# StreamWriter.drain would do at its high-water mark).
+_DRAIN_ABOVE = 64 * 1024
+
+
+async def _round_trip(connection, packed: bytes):
+    """One command on ``connection`` through its own stream writer and parser (redis-py's
+    protocol, hiredis and TLS), without ``Connection.send_packed_command`` and
+    ``read_response``: per call those add a health-check coroutine, a drain coroutine, the
+    server's address formatted for an error that rarely comes, and a timeout branch, ~34k of
+    a ~97k-instruction round trip (callgrind, PING on loopback). What they do that matters is
+    kept: the health check of an idle connection, the watchdog's stall detection
+    (``connection._Watched``), redis-py's errors for a lost connection."""
+    interval = connection.health_check_interval
+    if interval and _loop_time() > connection.next_health_check:
+        await connection.check_health()
+    connection._waiting_since = _monotonic()
+    try:
+        writer = connection._writer
+        writer.write(packed)
+        if writer.transport.get_write_buffer_size() > _DRAIN_ABOVE:
+            await writer.drain()
+        response = await connection._parser.read_response()
+    except OSError as exc:
+        raise RedisConnectionError(
+            f"lost the connection to {connection._host_error()}: {exc}"
+        ) from None
+    except RedisConnectionError:
+        stalled, connection._stalled_after = connection._stalled_after, None
+        if stalled is not None:
+            raise RedisTimeoutError(
+                f"no answer from {connection._host_error()} within {stalled:g} s"
+            ) from None
+        raise
+    finally:
+        connection._waiting_since = None
+    if interval:
+        connection.next_health_check = _loop_time() + interval
+    if isinstance(response, ResponseError):
+        raise response from None
+    return response
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 def _without_count(packed: bytes) -> bytes:
     """A packed command without its leading ``*<count>``: a piece to join with others."""
     return packed[packed.index(b"\r\n") + 2 :]
 
 
-def pack_keys(keys: list) -> bytes:
-    """A script call's ``numkeys`` and KEYS, packed once per session (``RedisBacked``): a
+def pack_keys(keys: list, fixed_args: tuple = ()) -> tuple[bytes, int]:
+    """A script call's ``numkeys``, KEYS and first arguments (the same on every call for a
+    session: its id, the caps, the retention), packed once per session (``RedisBacked``): a
     session script has 25 keys, and hiredis formats each length with sprintf, ~44k of a
-    claim's ~165k client instructions per call (callgrind) when packed on every call."""
-    return _without_count(hiredis.pack_command((len(keys), *keys)))
+    claim's ~165k client instructions per call (callgrind) when packed on every call.
+    Returns the bytes and how many arguments they hold."""
+    return _without_count(hiredis.pack_command((len(keys), *keys, *fixed_args))), len(fixed_args)
 
 
 _heads: dict[tuple[str, str], bytes] = {}
 
 
-def _pack_call(command: str, name: str, keys: list, packed_keys: bytes | None, args: list) -> bytes:
-    """``command name numkeys *keys *args`` packed, reusing ``packed_keys`` when given."""
+def _pack_call(
+    command: str, name: str, keys: list, packed_keys: tuple[bytes, int] | None, args: list
+) -> bytes:
+    """``command name numkeys *keys *args`` packed, reusing ``packed_keys`` (``pack_keys``
+    of ``keys`` and the first arguments) when given."""
     if packed_keys is None:
         return hiredis.pack_command((command, name, len(keys), *keys, *args))
     head = _heads.get((command, name))
     if head is None:
         head = _heads[(command, name)] = _without_count(hiredis.pack_command((command, name)))
+    packed, fixed = packed_keys
     return (
         b"*%d\r\n" % (3 + len(keys) + len(args))
         + head
-        + packed_keys
-        + _without_count(hiredis.pack_command(tuple(args)))
+        + packed
+        + _without_count(hiredis.pack_command(tuple(args[fixed:])))
     )
 
 
@@ -127,14 +185,15 @@ async def run_script(
     args: list,
     wait: bytes | None = None,
     wanted: int = 0,
-    packed_keys: bytes | None = None,
+    packed_keys: tuple[bytes, int] | None = None,
 ):
     """Run a session script on one server: FCALL where functions are available, else
     EVALSHA (EVAL after NOSCRIPT); then ``wait`` if given (see ``execute``). ``packed_keys``:
     ``pack_keys(keys)``, kept by the caller."""
-    mode = _modes.get(pool)
+    mode = getattr(pool, _MODE, None)
     if mode is None:
-        mode = _modes[pool] = "fcall" if _functions_wanted(pool) else "evalsha"
+        mode = "fcall" if _functions_wanted(pool) else "evalsha"
+        setattr(pool, _MODE, mode)
     if mode == "fcall":
         packed = _pack_call("FCALL", script.function, keys, packed_keys, args)
         try:
@@ -146,7 +205,7 @@ async def run_script(
                     return await execute(pool, packed, wait, wanted)
             elif not _no_functions(message):
                 raise
-            _modes[pool] = "evalsha"
+            setattr(pool, _MODE, "evalsha")
     packed = _pack_call("EVALSHA", script.sha, keys, packed_keys, args)
     try:
         return await execute(pool, packed, wait, wanted)
@@ -171,7 +230,7 @@ async def _load_library(pool: ConnectionPool) -> bool:
     except ResponseError as exc:
         if "already exists" in str(exc):  # loaded meanwhile by another process
             return True
-        _modes[pool] = "evalsha"
+        setattr(pool, _MODE, "evalsha")
         return False
     return True
 

@@ -85,4 +85,6 @@ def test_a_call_packed_with_kept_keys_is_the_whole_command_packed(args):
     whole = hiredis.pack_command(("FCALL", "lib_claim", len(keys), *keys, *args))
     joined = calls._pack_call("FCALL", "lib_claim", keys, calls.pack_keys(keys), args)
     assert joined == whole
+    fixed = calls.pack_keys(keys, tuple(args[:4]))
+    assert calls._pack_call("FCALL", "lib_claim", keys, fixed, args) == whole
     assert calls._pack_call("FCALL", "lib_claim", keys, None, args) == whole
