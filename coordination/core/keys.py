@@ -15,7 +15,14 @@ _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 STATUSES = ("active", "waiting", "escalated", "human", "closed")
 
 
+# Ids that passed the checks below (plain ``str`` only: a subclass may redefine equality).
+# An agent process names the same few sessions and agents on every call; bounded.
+_checked_ids: set[str] = set()
+
+
 def _check_id(value: object, what: str, error: type[ValueError]) -> str:
+    if type(value) is str and value in _checked_ids:
+        return value
     if not isinstance(value, str):
         raise error(f"{what} must be a string, not {type(value).__name__}")
     if not value:
@@ -32,6 +39,10 @@ def _check_id(value: object, what: str, error: type[ValueError]) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise error(f"{what} {value[:40]!r} is not valid UTF-8 text: {exc.reason}") from None
+    if type(value) is str:
+        if len(_checked_ids) >= 4096:
+            _checked_ids.clear()
+        _checked_ids.add(value)
     return value
 
 
