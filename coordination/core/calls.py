@@ -26,7 +26,6 @@ import hiredis
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError, TryAgainError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import FastConnection, FastSSLConnection
 from .scripts import LIBRARY, SessionScript
@@ -118,11 +117,9 @@ async def _round_trip(connection, packed: bytes):
             f"lost the connection to {connection._host_error()}: {exc}"
         ) from None
     except RedisConnectionError:
-        stalled, connection._stalled_after = connection._stalled_after, None
+        stalled = connection.stall_error()
         if stalled is not None:
-            raise RedisTimeoutError(
-                f"no answer from {connection._host_error()} within {stalled:g} s"
-            ) from None
+            raise stalled from None
         raise
     finally:
         connection._waiting_since = None

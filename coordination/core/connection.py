@@ -94,14 +94,19 @@ class _Watched:
         try:
             return await super().read_response(*args, **kwargs)
         except RedisConnectionError:
-            stalled, self._stalled_after = self._stalled_after, None
+            stalled = self.stall_error()
             if stalled is not None:
-                raise RedisTimeoutError(
-                    f"no answer from {self._host_error()} within {stalled:g} s"
-                ) from None
+                raise stalled from None
             raise
         finally:
             self._waiting_since = None
+
+    def stall_error(self) -> RedisTimeoutError | None:
+        """After a lost connection: the timeout to raise instead if the watchdog cut it."""
+        stalled, self._stalled_after = self._stalled_after, None
+        if stalled is None:
+            return None
+        return RedisTimeoutError(f"no answer from {self._host_error()} within {stalled:g} s")
 
     def _abort(self, waited: float) -> None:
         writer = self._writer
