@@ -100,11 +100,19 @@ async def _round_trip(connection, packed: bytes):
     ``read_response``: per call those add a health-check coroutine, a drain coroutine, the
     server's address formatted for an error that rarely comes, and a timeout branch, ~34k of
     a ~97k-instruction round trip (callgrind, PING on loopback). What they do that matters is
-    kept: the health check of an idle connection, the watchdog's stall detection
-    (``connection._Watched``), redis-py's errors for a lost connection."""
+    kept: the health check of an idle connection (which here replaces a dead one, as nothing
+    was sent yet), the watchdog's stall detection (``connection._Watched``), redis-py's errors
+    for a lost connection."""
     interval = connection.health_check_interval
     if interval and _loop_time() > connection.next_health_check:
-        await connection.check_health()
+        try:
+            await connection.check_health()
+        except (RedisConnectionError, OSError):
+            # the idle connection had died (a server restart, an idle timeout, a proxy): it
+            # is known before this call sent anything, so a new one is safe (redis-py's own
+            # check raises here, its retries being 0)
+            await connection.disconnect(nowait=True)
+            await connection.connect()
     connection._waiting_since = _monotonic()
     try:
         writer = connection._writer

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 
 import hiredis
 import pytest
 from redis.exceptions import ResponseError
 
-from coordination import EventType
-from coordination.core import calls, scripts
+from coordination import AgentCoordinator, EventType
+from coordination.core import calls, connection, scripts
 from coordination.core.calls import fast_pool
 from coordination.core.events import event_from_fields, event_from_flat
 from coordination.core.keys import Keyspace
@@ -88,3 +89,29 @@ def test_a_call_packed_with_kept_keys_is_the_whole_command_packed(args):
     fixed = calls.pack_keys(keys, tuple(args[:4]))
     assert calls._pack_call("FCALL", "lib_claim", keys, fixed, args) == whole
     assert calls._pack_call("FCALL", "lib_claim", keys, None, args) == whole
+
+
+async def test_an_idle_connection_the_server_dropped_is_replaced_before_the_next_script(
+    redis_server_url,
+):
+    # The lean round trip keeps redis-py's health check of an idle connection, and a
+    # connection the server closed while idle, found dead by that PING before anything of the
+    # call was sent, is replaced: the operation runs instead of failing with RedisUnavailable.
+    # (One server only: the lean path is not taken on a Cluster.)
+    client = connection.new_client(redis_server_url)
+    admin = connection.new_client(redis_server_url)
+    coord = AgentCoordinator("idle", client=client, namespace=f"idle-{uuid.uuid4().hex[:12]}")
+    try:
+        await coord.publish(EventType.MESSAGE, {"n": 1})
+        pool = fast_pool(client)
+        assert pool is not None
+        (idle,) = pool._available_connections
+        own_id = await calls.command(pool, "CLIENT", "ID")
+        await admin.execute_command("CLIENT", "KILL", "ID", own_id)
+        idle.next_health_check = -1.0  # idle past the interval
+        await coord.publish(EventType.MESSAGE, {"n": 2})
+        assert [e.data["n"] for e in await coord.events()] == [1, 2]
+    finally:
+        await admin.delete(*coord.keys.session("idle").all(), *coord.keys.global_keys())
+        await client.aclose()
+        await admin.aclose()
