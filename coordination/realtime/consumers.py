@@ -286,7 +286,7 @@ OVERVIEW_PARTS = (
     "coordination/_pickup.html#overview-pickup",
 )
 NOTICES_KEPT = 8  # notices whose shared work is kept (a resent or repeated name reuses it)
-FAN_OUT_SLICE = 10  # pages handed a notice between two yields to the event loop
+FAN_OUT_SLICE = 50  # pages handed a notice between two yields to the event loop
 NOTICE_KEY_CHARS = 200
 # Rendered in place of a page's CSRF token, then replaced by the page's own (escaped) token.
 # Random per process: agent-written text cannot contain it, so only the form fields get it.
