@@ -192,28 +192,33 @@ class RedisBacked:
         await self.aclose()
 
     def _script_keys(self, session_id: str, cluster: bool = False) -> list[str]:
-        """The KEYS of a session's scripts (validated and built once per session id)."""
-        keys = self._keys_cache.get(session_id)
+        """The KEYS of a session's scripts (validated and built once per session id).
+
+        Only a plain ``str`` is looked up and kept: a session id from an agent's JSON may be
+        a list or an object (unhashable: a TypeError here, not ``InvalidSessionId``), and a
+        ``str`` subclass may redefine equality and find another session's keys."""
+        plain = type(session_id) is str
+        keys = self._keys_cache.get(session_id) if plain else None
         if keys is None:
             validate_session_id(session_id)
-            if len(self._keys_cache) >= 1024:
-                self._keys_cache.clear()
-            keys = self._keys_cache[session_id] = [
-                *self.keys.session(session_id).all(),
-                *self._global_keys,
-            ]
+            keys = [*self.keys.session(session_id).all(), *self._global_keys]
+            if plain:
+                if len(self._keys_cache) >= 1024:
+                    self._keys_cache.clear()
+                self._keys_cache[session_id] = keys
         return keys[:SESSION_KEY_COUNT] if cluster else keys
 
     def _packed_keys(self, session_id: str) -> tuple[bytes, int]:
         """``calls.pack_keys`` of the session's script keys on one server and the first
         arguments of its every call (``_script_args``), kept with them."""
-        packed = self._packed_cache.get(session_id)
+        plain = type(session_id) is str  # as in ``_script_keys``
+        packed = self._packed_cache.get(session_id) if plain else None
         if packed is None:
-            if len(self._packed_cache) >= 1024:
-                self._packed_cache.clear()
-            packed = self._packed_cache[session_id] = pack_keys(
-                self._script_keys(session_id), tuple(self._script_args(session_id))
-            )
+            packed = pack_keys(self._script_keys(session_id), tuple(self._script_args(session_id)))
+            if plain:
+                if len(self._packed_cache) >= 1024:
+                    self._packed_cache.clear()
+                self._packed_cache[session_id] = packed
         return packed
 
     def _script_args(self, session_id: str, *args: Any) -> list[Any]:
