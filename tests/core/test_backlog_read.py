@@ -10,12 +10,7 @@ import json
 import pytest
 
 from coordination import EventType
-from coordination.core.coordinator import (
-    BACKLOG_BATCH,
-    BACKLOG_REPLY_CHARS,
-    SUBSCRIBE_BATCH,
-    _next_count,
-)
+from coordination.core.coordinator import SUBSCRIBE_BATCH
 from coordination.core.events import (
     INVALID_PAYLOAD_KEY,
     Event,
@@ -120,19 +115,15 @@ async def test_a_backlog_over_several_batches_with_hostile_entries_is_read_once_
     make, redis_sync
 ):
     """Entries written around the core (raw XADD, as anyone holding REDIS_URL can) sit at the
-    start, at the boundaries of the first read (SUBSCRIBE_BATCH) and of the next, larger one
-    (BACKLOG_BATCH), and at the end; each is kept, none stops the reader."""
+    start, at a batch boundary and at the end; each is kept, none stops the reader."""
     coord = make.coordinator("s-backlog")
     key = coord.keys.session("s-backlog").events
-    second_end = SUBSCRIBE_BATCH + BACKLOG_BATCH
     hostile = {
         0: {"t": "message", "d": "{not json"},
         SUBSCRIBE_BATCH - 1: {"t": "message", "d": '{"a":1}', "src": "x", "t2": "y"},
         SUBSCRIBE_BATCH: {"d": "[1,2]"},
-        second_end - 1: {"t": "note", "d": '{"a":1}', "src": "x", "src ": "y"},
-        second_end: {"t": "message", "d": '"just a string"'},
     }
-    total = second_end + 7
+    total = 2 * SUBSCRIBE_BATCH + 7
     expected = []
     for n in range(total):
         if n in hostile:
@@ -146,25 +137,10 @@ async def test_a_backlog_over_several_batches_with_hostile_entries_is_read_once_
     assert [e.data.get("n") for i, e in enumerate(got) if i not in hostile][:-1] == [
         n for n in range(total) if n not in hostile
     ]
-    assert all("invalid" in got[i].extra for i in (0, SUBSCRIBE_BATCH, second_end))
+    assert all("invalid" in got[i].extra for i in (0, SUBSCRIBE_BATCH))
     assert got[-1].type == "from-the-future" and got[-1].data == {"n": -1}
     messages = [e.id async for e in reader.subscribe(timeout=0.3, types=["message"])]
-    not_messages = (SUBSCRIBE_BATCH, second_end - 1)
-    assert messages == [eid for i, eid in enumerate(expected[:-1]) if i not in not_messages]
-
-
-def test_a_backlog_is_read_in_larger_batches_only_while_its_entries_are_small():
-    small = [(f"1-{i}", ["t", "message", "d", '{"n":1}']) for i in range(SUBSCRIBE_BATCH)]
-    assert _next_count(small, SUBSCRIBE_BATCH) == BACKLOG_BATCH
-    assert _next_count(small[:-1], SUBSCRIBE_BATCH) == SUBSCRIBE_BATCH  # caught up: live reads
-    big = "x" * (BACKLOG_REPLY_CHARS // BACKLOG_BATCH)
-    for where in (0, SUBSCRIBE_BATCH // 2, -1):  # the sampled entries
-        entries = list(small)
-        entries[where] = ("1-x", ["t", "message", "d", big])
-        assert _next_count(entries, SUBSCRIBE_BATCH) == SUBSCRIBE_BATCH
-    odd = list(small)
-    odd[-1] = ("1-x", {"t": "message"})  # not the flat shape: not measured, so not trusted
-    assert _next_count(odd, SUBSCRIBE_BATCH) == SUBSCRIBE_BATCH
+    assert messages == [eid for i, eid in enumerate(expected[:-1]) if i != SUBSCRIBE_BATCH]
 
 
 async def test_the_timeout_counts_from_when_the_caller_comes_back(make):
