@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import DEFAULT_CLAIM_TTL, RedisBacked, caller_op_id
+from .base import DEFAULT_CLAIM_TTL, RedisBacked, caller_op_id, lease_ms
 from .errors import NotOwner, SessionClosed, SessionTakenOver
-from .keys import validate_agent_id, validate_session_id
+from .keys import validate_actor, validate_agent_id, validate_session_id
 from .scripts import claim_script, reassign_script, release_script, renew_script
 
 
@@ -22,12 +22,6 @@ class Handoff:
 
     def seconds_left(self, now: float) -> float:
         return max(0.0, self.expires_at - now)
-
-
-def _ttl_ms(ttl: float) -> int:
-    if not ttl or ttl <= 0:
-        raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
-    return max(1, int(ttl * 1000))
 
 
 class AtomicOperations(RedisBacked):
@@ -56,7 +50,7 @@ class AtomicOperations(RedisBacked):
         validate_session_id(session_id)
         validate_agent_id(agent_id)
         op_id = caller_op_id("claim", idempotency_key) if idempotency_key is not None else None
-        result = await self._run(claim_script, session_id, agent_id, _ttl_ms(ttl), op_id=op_id)
+        result = await self._run(claim_script, session_id, agent_id, lease_ms(ttl), op_id=op_id)
         if result[0] == 1:
             self._claims[(session_id, agent_id)] = int(result[2])
             return True
@@ -67,7 +61,7 @@ class AtomicOperations(RedisBacked):
     ) -> Handoff:
         """Extend the lease; raises ``NotOwner`` if ``agent_id`` no longer holds it."""
         validate_agent_id(agent_id)
-        result = await self._run(renew_script, session_id, agent_id, _ttl_ms(ttl))
+        result = await self._run(renew_script, session_id, agent_id, lease_ms(ttl))
         if result[0] == 0:
             raise NotOwner(session_id, agent_id, result[1] or None)
         return Handoff(session_id, agent_id, int(result[1]), int(result[2]) / 1000.0)
@@ -79,7 +73,8 @@ class AtomicOperations(RedisBacked):
         without, whoever holds it (a forced release). False when nothing was claimed."""
         if agent_id is not None:
             validate_agent_id(agent_id)
-        result = await self._run(release_script, session_id, agent_id or "", by or "")
+        by_text = validate_actor(by, "by")
+        result = await self._run(release_script, session_id, agent_id or "", by_text)
         if result[0] == 0:
             if agent_id is not None:
                 raise NotOwner(session_id, agent_id, result[2] or None)
@@ -102,9 +97,10 @@ class AtomicOperations(RedisBacked):
         since the caller looked. Refused with ``SessionTakenOver`` while a human controls it.
         """
         validate_agent_id(to_agent)
-        expect = "0" if expected_owner is None else "1" + expected_owner
+        by_text = validate_actor(by, "by")
+        expect = "0" if expected_owner is None else "1" + validate_actor(expected_owner, "owner")
         result = await self._run(
-            reassign_script, session_id, to_agent, _ttl_ms(ttl), by or "", expect
+            reassign_script, session_id, to_agent, lease_ms(ttl), by_text, expect
         )
         if result[0] == 0:
             reason, holder = result[1], result[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .errors import (
     CoordinationError,
     CorruptStoredValue,
     InvalidIdempotencyKey,
+    InvalidLease,
     RedisUnavailable,
 )
 from .events import DEFAULT_MAX_PAYLOAD_BYTES
@@ -73,6 +75,25 @@ if hasattr(os, "register_at_fork"):
             slice(None), [_op_prefix(), itertools.count(1)]
         )
     )
+
+
+MAX_LEASE_SECONDS = 365 * 24 * 3600
+
+
+def lease_ms(ttl: object) -> int:
+    """A claim's ``ttl`` in seconds as milliseconds (at least 1); ``InvalidLease`` unless a
+    finite positive number up to a year (Redis refuses a PEXPIRE past its range only after the script wrote
+    the claim, which then never expired)."""
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not math.isfinite(ttl)
+        or not 0 < ttl <= MAX_LEASE_SECONDS
+    ):
+        raise InvalidLease(
+            f"ttl must be a positive number of seconds up to {MAX_LEASE_SECONDS}, not {ttl!r:.40}"
+        )
+    return max(1, int(ttl * 1000))
 
 
 def new_op_id() -> str:

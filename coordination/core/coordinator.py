@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .approvals import ApprovalsMixin
-from .base import CLUSTER_RETRY_SECONDS, DEFAULT_CLAIM_TTL, RedisBacked, caller_op_id
+from .base import CLUSTER_RETRY_SECONDS, DEFAULT_CLAIM_TTL, RedisBacked, caller_op_id, lease_ms
 from .calls import command, fast_pool
 from .connection import is_cluster
 from .errors import (
@@ -19,7 +19,6 @@ from .errors import (
     InvalidCursor,
     NotHumanControlled,
     NotOwner,
-    PayloadNotJSON,
     RedisUnavailable,
     ReservedEventType,
     SessionClosed,
@@ -36,7 +35,13 @@ from .events import (
     event_from_fields,
     events_from_entries,
 )
-from .keys import validate_agent_id, validate_queue, validate_session_id
+from .keys import (
+    validate_actor,
+    validate_agent_id,
+    validate_queue,
+    validate_session_id,
+    validate_state_key,
+)
 from .scripts import (
     clear_session_script,
     handback_script,
@@ -348,8 +353,7 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
             return {}
         args: list[Any] = []
         for key, value in mapping.items():
-            if not isinstance(key, str) or not key:
-                raise PayloadNotJSON(f"state keys must be non-empty strings, not {key!r}")
+            validate_state_key(key)
             text = (
                 ""
                 if value is DELETE
@@ -369,6 +373,7 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         return {pairs[i]: int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
     async def get_state(self, key: str, default: Any = None) -> Any:
+        validate_state_key(key)
         client = self.redis
         pool = fast_pool(client)
         if pool is not None:
@@ -454,7 +459,13 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
         again."""
         if to_agent is not None:
             validate_agent_id(to_agent)
-        expect = "0" if expected_controller is None else "1" + expected_controller
+        by_text = validate_actor(by, "by")
+        expect = (
+            "0"
+            if expected_controller is None
+            else "1" + validate_actor(expected_controller, "controller")
+        )
+        ttl_ms = lease_ms(ttl)
         resolution_json = (
             ""
             if resolution is None
@@ -464,8 +475,8 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
             handback_script,
             self.session_id,
             to_agent or "",
-            int(ttl * 1000),
-            by or "",
+            ttl_ms,
+            by_text,
             expect,
             resolution_json,
         )

@@ -130,6 +130,10 @@ class RedisUnavailable(CoordinationError, ConnectionError):
         super().__init__(f"Redis is unavailable at {url}{detail}")
 
 
+class InvalidLease(CoordinationError, ValueError):
+    """A claim's ``ttl`` is not a finite number of seconds from 1 ms to a year."""
+
+
 class InvalidApproval(CoordinationError, ValueError):
     """An approval request or decision is malformed (action, id, expiry, decision)."""
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from .errors import InvalidAgentId, InvalidEscalationQueue, InvalidSessionId
+from .errors import InvalidAgentId, InvalidEscalationQueue, InvalidSessionId, PayloadNotJSON
 
 MAX_ID_LENGTH = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -44,6 +44,35 @@ def _check_id(value: object, what: str, error: type[ValueError]) -> str:
             _checked_ids.clear()
         _checked_ids.add(value)
     return value
+
+
+MAX_STATE_KEY_LENGTH = 1024
+
+
+def validate_state_key(key: object) -> str:
+    """A key of a session's shared state: any text Redis can be sent, up to 1,024 characters."""
+    if type(key) is str and key in _checked_ids:
+        return key
+    if not isinstance(key, str) or not key:
+        raise PayloadNotJSON(f"state keys must be non-empty strings, not {str(key)[:40]!r}")
+    if len(key) > MAX_STATE_KEY_LENGTH:
+        raise PayloadNotJSON(
+            f"a state key is {len(key)} characters long; the limit is {MAX_STATE_KEY_LENGTH}"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PayloadNotJSON(
+            f"state key {key[:40]!r} is not valid UTF-8 text: {exc.reason}"
+        ) from None
+    return key
+
+
+def validate_actor(value: object, what: str) -> str:
+    """An optional agent or person named by a call (``by``, an expected owner): "" for none."""
+    if value is None or value == "":
+        return ""
+    return validate_agent_id(value, what)
 
 
 def validate_session_id(session_id: object) -> str:
