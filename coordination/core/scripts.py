@@ -854,9 +854,17 @@ class FunctionLibrary:
     def __init__(self, scripts: list[SessionScript]) -> None:
         code = SINGLE_SERVER_KEYS + PRELUDE
         for script in scripts:
+            # The body is a function of the library, defined once at load (not a closure made
+            # on every call); without an operation id nothing is looked up or kept.
             code += (
+                f"local function body_{script.name}(KEYS, ARGV)\n{script.body}\nend\n"
                 f"redis.register_function('@NAME@_{script.name}', function(KEYS, ARGV)\n"
-                f"{_once(script.body)}end)\n"
+                "  setup(KEYS, ARGV)\n"
+                f"  if OP == '' then return body_{script.name}(KEYS, ARGV) end\n"
+                "  local seen = op_seen()\n"
+                "  if seen then return seen end\n"
+                f"  return op_done(body_{script.name}(KEYS, ARGV))\n"
+                "end)\n"
             )
         self.name = "coord_" + hashlib.sha1(code.encode()).hexdigest()[:16]
         self.source = f"#!lua name={self.name}\n" + code.replace("@NAME@", self.name)
