@@ -7,7 +7,7 @@ templates, modules) and ~140 per open socket (the ASGI middleware chain's suspen
 coroutines, uvicorn's and websockets' per-connection state, the scope): 54-63 ms with no page
 open, 135-212 ms with 1,000, each one a pause of the event loop that answers /healthz. With
 the default thresholds three came back to back (4-5 s apart) while 1,000 pages connected, and
-in 3 of 7 runs another 17-25 s later while the pages were only being updated (what reaches
+in 5 of 10 runs one more within the 30 s while the pages were only being updated (what reaches
 generation 2 then is mostly per-socket and short of a cycle: uvicorn's keep-alive ping timer
 and frame, ~8,000 objects per 20 s for 1,000 sockets).
 
