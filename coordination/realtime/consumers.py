@@ -144,10 +144,10 @@ class LoginRequiredConsumer(AsyncJsonWebsocketConsumer):
     async def _write_outbox(self) -> None:
         """Hand queued messages to the server, in order, as fast as the client takes them;
         the task ends once the outbox is empty and the next message starts another. Nothing of
-        a socket waits between two notices: a writer that waited on an event left one future
-        per socket alive from one notice to the next, and with 1,000 sockets those were what
-        the collector promoted to generation 2 (a full collection every 20-40 s, 100-200 ms
-        each, issue 18)."""
+        a socket waits between two notices: a writer that waited on an event kept a task and a
+        fresh future per socket alive from one notice to the next, objects every full garbage
+        collection walks (issue 18: with 1,000 pages the server's RSS went 222 -> 189 MB with
+        this change)."""
         try:
             while self._outbox:
                 message, size = self._outbox.popleft()
