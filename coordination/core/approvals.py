@@ -37,7 +37,7 @@ from .errors import (
     UnverifiedDecision,
 )
 from .events import DEFAULT_MAX_PAYLOAD_BYTES, EventType, encode_json
-from .keys import validate_agent_id, validate_session_id
+from .keys import require_utf8, validate_agent_id, validate_session_id
 from .scripts import decide_approval_script, request_approval_script, runs_script
 from .signing import DecisionSigner, DecisionVerifier, decision_payload
 
@@ -141,13 +141,7 @@ def _text(value: object, what: str, limit: int, *, control_ok: bool = False) -> 
         raise InvalidApproval(f"{what} is {len(value)} characters long; the limit is {limit}")
     if not control_ok and _CONTROL.search(value):
         raise InvalidApproval(f"{what} {value[:40]!r} holds a control character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidApproval(
-            f"{what} {value[:40]!r} is not valid UTF-8 text: {exc.reason}"
-        ) from None
-    return value
+    return require_utf8(value, what, InvalidApproval)
 
 
 def _optional_text(value: object, what: str) -> str:

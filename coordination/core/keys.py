@@ -20,6 +20,16 @@ STATUSES = ("active", "waiting", "escalated", "human", "closed")
 _checked_ids: set[str] = set()
 
 
+def require_utf8(value: str, what: str, error: type[Exception]) -> str:
+    """``value``, or ``error`` if it holds what UTF-8 cannot carry (lone surrogates): Redis
+    could not be sent it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} {value[:40]!r} is not valid UTF-8 text: {exc.reason}") from None
+    return value
+
+
 def _check_id(value: object, what: str, error: type[ValueError]) -> str:
     if type(value) is str and value in _checked_ids:
         return value
@@ -35,10 +45,7 @@ def _check_id(value: object, what: str, error: type[ValueError]) -> str:
             f"{what} {value[:40]!r} holds the control character {bad.group()!r} "
             f"at position {bad.start()}"
         )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise error(f"{what} {value[:40]!r} is not valid UTF-8 text: {exc.reason}") from None
+    require_utf8(value, what, error)
     if type(value) is str:
         if len(_checked_ids) >= 4096:
             _checked_ids.clear()
@@ -59,13 +66,7 @@ def validate_state_key(key: object) -> str:
         raise PayloadNotJSON(
             f"a state key is {len(key)} characters long; the limit is {MAX_STATE_KEY_LENGTH}"
         )
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise PayloadNotJSON(
-            f"state key {key[:40]!r} is not valid UTF-8 text: {exc.reason}"
-        ) from None
-    return key
+    return require_utf8(key, "state key", PayloadNotJSON)
 
 
 def validate_actor(value: object, what: str) -> str:
