@@ -317,11 +317,11 @@ if ack_e == box[1] then
   ack_n = math.min(tonumber(ack_n), n)
   for i = lo, ack_n do redis.call('HDEL', K_OUTBOX, i) end
   if ack_n >= lo then lo = ack_n + 1 end
-  if lo > n then
-    redis.call('DEL', K_OUTBOX)
-    return {result, ''}
-  end
   redis.call('HSET', K_OUTBOX, 'lo', lo)
+  -- All applied: the hash stays (it expires with the session), so its epoch and count go on.
+  -- Deleted, the next entry opened a new epoch, and one opened in the same millisecond
+  -- restarted at 1: APPLY_INDEX skipped it as already applied, leaving the index stale.
+  if lo > n then return {result, ''} end
 end
 if n - lo >= 1000 then
   -- the index slot has been away for 1,000 changes of this session: keep the newest

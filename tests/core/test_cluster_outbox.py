@@ -1,0 +1,38 @@
+"""The Cluster outbox (issue 17's two steps): its entries are numbered "<epoch>-<n>" and each
+number is applied on the index slot once, so a number must never come round again."""
+
+from __future__ import annotations
+
+import uuid
+
+from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
+from coordination.core import connection
+
+
+async def test_outbox_numbers_go_on_after_everything_was_applied(redis_cluster_url):
+    # A renew writes no index entry, and acknowledges the claim's: everything is applied.
+    # The outbox used to be deleted then, and the next entry opened a new epoch; in the same
+    # millisecond it restarted at 1, was skipped as applied, and the index stayed stale (seen
+    # as test_races' index mismatches on a Cluster, 2 runs in 3 with --slow).
+    namespace = f"outbox-{uuid.uuid4().hex[:12]}"
+    coord = AgentCoordinator("s-out", redis_cluster_url, namespace=namespace)
+    atomic = AtomicOperations(redis_cluster_url, namespace=namespace)
+    admin = connection.new_client(redis_cluster_url)
+    outbox = coord.keys.session("s-out").outbox
+    try:
+        await coord.publish(EventType.HANDOFF_READY, {})
+        epoch = await admin.hget(outbox, "e")
+        assert await atomic.claim_handoff("s-out", "agent-1")
+        await atomic.renew_handoff("s-out", "agent-1")
+        assert await admin.hmget(outbox, ["e", "lo", "n"]) == [epoch, "3", "2"]
+        await coord.publish(EventType.MESSAGE, {})
+        assert await admin.hmget(outbox, ["e", "n"]) == [epoch, "3"]
+        # and the index follows the session
+        assert (await atomic.get_handoff("s-out")).agent_id == "agent-1"
+        index = SessionIndex(redis_cluster_url, namespace=namespace)
+        assert (await index.counts_by_status())["active"] == 1
+    finally:
+        await admin.delete(*coord.keys.session("s-out").all())
+        for key in coord.keys.global_keys() + [coord.keys.applied]:
+            await admin.delete(key)
+        await admin.aclose()
