@@ -82,8 +82,8 @@ MAX_LEASE_SECONDS = 365 * 24 * 3600
 
 def lease_ms(ttl: object) -> int:
     """A claim's ``ttl`` in seconds as milliseconds (at least 1); ``InvalidLease`` unless a
-    finite positive number up to a year (Redis refuses a PEXPIRE past its range only after the script wrote
-    the claim, which then never expired)."""
+    finite positive number up to a year (Redis refuses a PEXPIRE past its range only after the
+    script wrote the claim, which then never expired)."""
     if (
         isinstance(ttl, bool)
         or not isinstance(ttl, int | float)
@@ -188,8 +188,7 @@ class RedisBacked:
             else None
         )
         self._global_keys = self.keys.global_keys()
-        self._keys_cache: dict[str, list[str]] = {}
-        self._packed_cache: dict[str, tuple[bytes, int]] = {}
+        self._sessions: dict[str, tuple[list[str], tuple[bytes, int]]] = {}
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -203,8 +202,7 @@ class RedisBacked:
         belongs to the caller, who closes it; the shared client belongs to its event loop and
         is closed with it (``connection.shared_client``), since other objects on the loop use
         it. So never close ``.redis`` of an object you did not give a client to."""
-        self._keys_cache.clear()
-        self._packed_cache.clear()
+        self._sessions.clear()
 
     async def __aenter__(self):
         return self
@@ -212,35 +210,29 @@ class RedisBacked:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def _script_keys(self, session_id: str, cluster: bool = False) -> list[str]:
-        """The KEYS of a session's scripts (validated and built once per session id).
+    def _session(self, session_id: str) -> tuple[list[str], tuple[bytes, int]]:
+        """A session's script KEYS and their ``calls.pack_keys`` form with the first arguments
+        of its every call (``_script_args``): validated and built once per session id.
 
         Only a plain ``str`` is looked up and kept: a session id from an agent's JSON may be
         a list or an object (unhashable: a TypeError here, not ``InvalidSessionId``), and a
         ``str`` subclass may redefine equality and find another session's keys."""
         plain = type(session_id) is str
-        keys = self._keys_cache.get(session_id) if plain else None
-        if keys is None:
+        entry = self._sessions.get(session_id) if plain else None
+        if entry is None:
             validate_session_id(session_id)
             keys = [*self.keys.session(session_id).all(), *self._global_keys]
+            entry = (keys, pack_keys(keys, tuple(self._script_args(session_id))))
             if plain:
-                if len(self._keys_cache) >= 1024:
-                    self._keys_cache.clear()
-                self._keys_cache[session_id] = keys
-        return keys[:SESSION_KEY_COUNT] if cluster else keys
+                if len(self._sessions) >= 1024:
+                    self._sessions.clear()
+                self._sessions[session_id] = entry
+        return entry
 
-    def _packed_keys(self, session_id: str) -> tuple[bytes, int]:
-        """``calls.pack_keys`` of the session's script keys on one server and the first
-        arguments of its every call (``_script_args``), kept with them."""
-        plain = type(session_id) is str  # as in ``_script_keys``
-        packed = self._packed_cache.get(session_id) if plain else None
-        if packed is None:
-            packed = pack_keys(self._script_keys(session_id), tuple(self._script_args(session_id)))
-            if plain:
-                if len(self._packed_cache) >= 1024:
-                    self._packed_cache.clear()
-                self._packed_cache[session_id] = packed
-        return packed
+    def _script_keys(self, session_id: str, cluster: bool = False) -> list[str]:
+        """The KEYS of a session's scripts (the session's own only, on a Cluster)."""
+        keys = self._session(session_id)[0]
+        return keys[:SESSION_KEY_COUNT] if cluster else keys
 
     def _script_args(self, session_id: str, *args: Any) -> list[Any]:
         return [session_id, self.stream_maxlen, self.feed_maxlen, self.retention_ms, *args]
@@ -258,7 +250,7 @@ class RedisBacked:
             # id is needed only when the caller may retry with it (``idempotency_key``):
             # without one the script keeps no outcome (5 fewer calls from Lua per operation,
             # issue 18).
-            keys = self._script_keys(session_id)
+            keys, packed_keys = self._session(session_id)
             try:
                 return await run_script(
                     pool,
@@ -274,7 +266,7 @@ class RedisBacked:
                     ],
                     self._wait,
                     self.wait_replicas,
-                    self._packed_keys(session_id),
+                    packed_keys,
                 )
             except (NotReplicated, *UNAVAILABLE_ERRORS, ResponseError) as exc:
                 raise _script_failure(client, script, exc) from _cause(exc)
