@@ -96,7 +96,7 @@ local SID, STREAM_CAP, FEED_CAP, RETENTION
 local K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS
 local K_OPS, K_OPS_PREV, K_OUTBOX, OP
 local STATUSES = {'active', 'waiting', 'escalated', 'human', 'closed'}
-local CLEARED_ID, NOW_MS
+local CLEARED_ID, NOW_MS, NOW_US
 
 local function setup(KEYS, ARGV)
   SID, STREAM_CAP, FEED_CAP, RETENTION = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -104,7 +104,7 @@ local function setup(KEYS, ARGV)
   K_APPROVALS, K_RUNS = KEYS[6], KEYS[7]
   K_OPS, K_OPS_PREV, K_OUTBOX = KEYS[8], KEYS[9], KEYS[10]
   OP = ARGV[#ARGV]
-  CLEARED_ID, NOW_MS = nil, nil
+  CLEARED_ID, NOW_MS, NOW_US = nil, nil, nil
   bind(KEYS)
 end
 
@@ -134,6 +134,7 @@ local function now()
   if NOW_MS == nil then
     local clock = redis.call('TIME')
     NOW_MS = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    NOW_US = clock[1] .. string.format('%06d', tonumber(clock[2]))
   end
   return NOW_MS
 end
@@ -298,8 +299,13 @@ if result == nil then
     -- The index writes wait in the session's outbox (same slot, same atomic step) until a
     -- client reports them applied on the index slot: a lost answer, a failed second step or
     -- a failover of the index slot's primary leaves them here for the next call to apply.
-    -- Entries are numbered "<epoch ms>-<n>"; APPLY_INDEX applies each number once.
-    if redis.call('HSETNX', K_OUTBOX, 'e', now()) == 1 then
+    -- Entries are numbered "<epoch>-<n>"; APPLY_INDEX applies each number once. The epoch
+    -- is the server's time in microseconds: a clear deletes the outbox (outbox_ack_script), and an
+    -- outbox opened again in the same millisecond (write, clear, write: six round trips, under
+    -- a millisecond on a fast network) restarted at 1 under an epoch in ms, below what the
+    -- index had applied, and was skipped. (Epochs in ms from before compare lower: older.)
+    now()
+    if redis.call('HSETNX', K_OUTBOX, 'e', NOW_US) == 1 then
       redis.call('HSET', K_OUTBOX, 'lo', 1)
     end
     local n = redis.call('HINCRBY', K_OUTBOX, 'n', 1)
@@ -367,10 +373,12 @@ local function sync(sid, v, status, owner, esc_ms, last_ms)
   if raw then
     local prev = cjson.decode(raw)
     -- a clear (status '') carries the id of the session's last event, which the record it
-    -- replaces may carry too: it wins a tie
+    -- replaces may carry too: it wins a tie. So does the first record of a session written
+    -- again after a clear: its stream starts afresh, and in the clear's millisecond its first
+    -- id is the cleared session's last (entries arrive in outbox order, so this one is later).
     if status == '' then
       if newer(prev[1], v) then return end
-    elseif not newer(v, prev[1]) then
+    elseif not (newer(v, prev[1]) or (prev[2] == '' and v == prev[1])) then
       return
     end
     prev_status, prev_owner = prev[2], prev[3]

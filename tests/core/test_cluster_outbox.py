@@ -3,6 +3,7 @@ number is applied on the index slot once, so a number must never come round agai
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from coordination import AgentCoordinator, AtomicOperations, EventType, SessionIndex
@@ -34,5 +35,39 @@ async def test_outbox_numbers_go_on_after_everything_was_applied(redis_cluster_u
     finally:
         await admin.delete(*coord.keys.session("s-out").all())
         for key in coord.keys.global_keys() + [coord.keys.applied]:
+            await admin.delete(key)
+        await admin.aclose()
+
+
+async def test_an_outbox_reopened_after_a_clear_in_the_same_millisecond_is_applied(
+    redis_cluster_url,
+):
+    # A clear deletes the session's outbox once applied; the next write opens a new one. Its
+    # numbers must come after everything the index applied for the session, even when the old
+    # outbox was opened in the same millisecond (write, clear, write: six round trips, under a
+    # millisecond on a fast network). Each round below sets the index's record to an entry of
+    # an outbox opened in the server's current millisecond, as that old outbox would have left
+    # it, then writes: with epochs in milliseconds the new entry landed in the same millisecond
+    # in most rounds, was skipped as applied, and the index kept the session cleared.
+    namespace = f"outbox-{uuid.uuid4().hex[:12]}"
+    coord = AgentCoordinator("s-clr", redis_cluster_url, namespace=namespace)
+    index = SessionIndex(redis_cluster_url, namespace=namespace)
+    admin = connection.new_client(redis_cluster_url)
+    applied = coord.keys.applied
+    try:
+        for _ in range(20):
+            await coord.publish(EventType.HANDOFF_READY, {})
+            await coord.clear()
+            assert await admin.exists(coord.keys.session("s-clr").outbox) == 0
+            record = json.loads(await admin.hget(applied, "s-clr"))
+            seconds, micros = await admin.time()
+            record[3] = f"{seconds * 1000 + micros // 1000}-50"
+            await admin.hset(applied, "s-clr", json.dumps(record))
+            await coord.publish(EventType.HANDOFF_READY, {})
+            assert (await index.counts_by_status())["waiting"] == 1
+            await coord.clear()
+    finally:
+        await admin.delete(*coord.keys.session("s-clr").all())
+        for key in coord.keys.global_keys() + [applied]:
             await admin.delete(key)
         await admin.aclose()
