@@ -148,6 +148,19 @@ async def run_core(url, ns, full):
     return rows
 
 
+def cpu_model() -> str:
+    """The CPU's model name and the number of CPUs, as Linux reports them: ratios here
+    depend on the CPU's speed against the loopback round trip, so a result names both."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            names = [
+                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
+            ]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or 'unknown CPU'} x {os.cpu_count()}"
+
+
 def report(rows, machine, full, seconds, url):
     print(f"\n{'benchmark':<58} {'ours':>12} {'baseline':>12} {'ratio':>7}  unit")
     for r in rows:
@@ -160,6 +173,7 @@ def report(rows, machine, full, seconds, url):
         "machine": machine,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "mode": "full" if full else "quick",
         "seconds": round(seconds),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -171,7 +185,7 @@ def report(rows, machine, full, seconds, url):
     lines = [
         f"# Benchmarks ({meta['mode']}) on {machine}, {meta['when']}",
         "",
-        f"Python {meta['python']}, {meta['platform']}; {meta['seconds']} s.",
+        f"Python {meta['python']}, {meta['platform']}, {meta['cpu']}; {meta['seconds']} s.",
         "",
         "| benchmark | ours | baseline | ratio | unit | target | spread |",
         "|---|---|---|---|---|---|---|",
