@@ -357,11 +357,22 @@ APPLY_INDEX = (
     + r"""
 local STATUSES = {'active', 'waiting', 'escalated', 'human', 'closed'}
 
+-- An event id's or an outbox entry's time in microseconds. Outbox epochs are in microseconds;
+-- event ids, and the epochs of outboxes opened by versions before that, are in milliseconds
+-- (below 1e14: a millisecond count reaches it in the year 5138, a microsecond count passed it
+-- in 1973), so an outbox opened by an older process during a rolling upgrade still sorts by
+-- its time.
+local function micros(t)
+  t = tonumber(t)
+  if t < 1e14 then return t * 1000 end
+  return t
+end
+
 local function newer(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
   if not bm then return true end
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  am, as, bm, bs = micros(am), tonumber(as), micros(bm), tonumber(bs)
   return am > bm or (am == bm and as > bs)
 end
 

@@ -71,3 +71,30 @@ async def test_an_outbox_reopened_after_a_clear_in_the_same_millisecond_is_appli
         for key in coord.keys.global_keys() + [applied]:
             await admin.delete(key)
         await admin.aclose()
+
+
+async def test_an_outbox_opened_by_an_older_version_after_a_clear_is_applied(redis_cluster_url):
+    # During a rolling upgrade a process of the version before opens outboxes with epochs in
+    # milliseconds, while the index may already hold a microsecond one's entry for the session
+    # (cleared by a newer process). The older outbox's entries, later in time, must still apply.
+    namespace = f"outbox-{uuid.uuid4().hex[:12]}"
+    coord = AgentCoordinator("s-old", redis_cluster_url, namespace=namespace)
+    index = SessionIndex(redis_cluster_url, namespace=namespace)
+    admin = connection.new_client(redis_cluster_url)
+    outbox = coord.keys.session("s-old").outbox
+    try:
+        await coord.publish(EventType.HANDOFF_READY, {})
+        await coord.clear()
+        record = json.loads(await admin.hget(coord.keys.applied, "s-old"))
+        assert len(record[3].split("-")[0]) == 16  # this version's epochs: microseconds
+        # an older process opens the next outbox, a millisecond later than the clear's
+        micros = int(record[3].split("-")[0])
+        await admin.hset(outbox, mapping={"e": str(micros // 1000 + 1), "lo": "1"})
+        await coord.publish(EventType.HANDOFF_READY, {})
+        assert await admin.hget(outbox, "n") == "1"
+        assert (await index.counts_by_status())["waiting"] == 1
+    finally:
+        await admin.delete(*coord.keys.session("s-old").all())
+        for key in coord.keys.global_keys() + [coord.keys.applied]:
+            await admin.delete(key)
+        await admin.aclose()
