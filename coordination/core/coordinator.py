@@ -496,8 +496,13 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
 
     async def clear(self) -> None:
         """Remove the session's events, state, claim, approvals, saved runs and index entries
-        in one atomic step."""
-        await self._run(clear_session_script, self.session_id, op_id="")
+        in one atomic step.
+
+        Where a script may be sent again (Redis Cluster, Sentinel, a caller's client) it
+        carries an operation id, so a retry after a lost answer cannot clear the session a
+        second time once an agent has written to it again; there the id's outcome and the
+        outbox's numbering outlive the clear (no data, expiring within the retention)."""
+        await self._run(clear_session_script, self.session_id, "")
 
 
 @dataclass(frozen=True, slots=True)

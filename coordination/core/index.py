@@ -629,8 +629,9 @@ class SessionIndex(RedisBacked):
             gone = [sid for sid, exists in zip(ids, alive, strict=True) if not exists]
             skipped += len(ids) - len(gone)
             for sid in gone:
-                await self._run(clear_session_script, sid, op_id="")
-            cleared += len(gone)
+                # only if still expired: an agent may have written to the id since the check
+                if await self._run(clear_session_script, sid, "1", op_id="") != -1:
+                    cleared += 1
             if len(ids) < batch or time.monotonic() > stop_at:
                 break
         if is_cluster(self.redis):

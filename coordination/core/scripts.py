@@ -71,9 +71,9 @@ local function idx(cmd, name, ...) return redis.call(cmd, G[name], ...) end
 # keys and returns the global writes for APPLY_INDEX to run on the index slot. The session's
 # place in the indexes is not sent as deltas (two clients' second steps may arrive in either
 # order) but as one absolute SYNC record read from the session's meta at the end of the script.
-# The approvals queue is forwarded as plain ZADD/ZREM: a decision's ZREM may overtake its
-# request's ZADD, so readers check each entry against the session's record
-# (``SessionIndex.pending_approvals``).
+# The approvals queue is forwarded as plain ZADD/ZREM, applied in outbox order; readers still
+# check each entry against the session's record (``SessionIndex.pending_approvals``), since an
+# outbox trimmed at 1,000 entries (the index slot away that long) drops its oldest.
 CLUSTER_KEYS = r"""
 local SPLIT = true
 local G = {}
@@ -299,11 +299,11 @@ if result == nil then
     -- The index writes wait in the session's outbox (same slot, same atomic step) until a
     -- client reports them applied on the index slot: a lost answer, a failed second step or
     -- a failover of the index slot's primary leaves them here for the next call to apply.
-    -- Entries are numbered "<epoch>-<n>"; APPLY_INDEX applies each number once. The epoch
-    -- is the server's time in microseconds: a clear deletes the outbox (outbox_ack_script), and an
-    -- outbox opened again in the same millisecond (write, clear, write: six round trips, under
-    -- a millisecond on a fast network) restarted at 1 under an epoch in ms, below what the
-    -- index had applied, and was skipped. (Epochs in ms from before compare lower: older.)
+    -- Entries are numbered "<epoch>-<n>"; APPLY_INDEX applies each number once. An outbox
+    -- keeps its numbering until it expires (a retention after the session's last write or
+    -- clear); a new one's epoch is the server's time in microseconds. (Versions before deleted
+    -- the outbox on a clear, and an epoch in ms opened again in the clear's millisecond
+    -- restarted below what the index had applied; APPLY_INDEX scales their epochs.)
     now()
     if redis.call('HSETNX', K_OUTBOX, 'e', NOW_US) == 1 then
       redis.call('HSET', K_OUTBOX, 'lo', 1)
@@ -384,12 +384,13 @@ local function sync(sid, v, status, owner, esc_ms, last_ms)
   if raw then
     local prev = cjson.decode(raw)
     -- a clear (status '') carries the id of the session's last event, which the record it
-    -- replaces may carry too: it wins a tie. So does the first record of a session written
-    -- again after a clear: its stream starts afresh, and in the clear's millisecond its first
-    -- id is the cleared session's last (entries arrive in outbox order, so this one is later).
+    -- replaces may carry too: it wins a tie. A record after a clear always wins: the session
+    -- was written again, and its stream started afresh, so its ids may sort at or below the
+    -- cleared one's (in the clear's millisecond, or after a failover to a server whose clock
+    -- is behind); entries arrive in outbox order, so this one is the later.
     if status == '' then
       if newer(prev[1], v) then return end
-    elseif not (newer(v, prev[1]) or (prev[2] == '' and v == prev[1])) then
+    elseif prev[2] ~= '' and not newer(v, prev[1]) then
       return
     end
     prev_status, prev_owner = prev[2], prev[3]
@@ -690,7 +691,10 @@ end
 return result
 """
 
+# ARGV[5] '1': only if the session has expired (prune, which checked that before: a session
+# written again since is left alone, and -1 says so); else the number of keys deleted
 CLEAR_SESSION = r"""
+if ARGV[5] == '1' and redis.call('EXISTS', K_META) == 1 then return -1 end
 CLEARED_ID = meta('last_id')
 local owner = meta('owner')
 if owner ~= '' then idx('ZREM', 'owners', owner .. '\0' .. SID) end
@@ -921,7 +925,11 @@ LIBRARY = FunctionLibrary(
 )
 heartbeat_script = Script("heartbeat", HEARTBEAT)
 apply_index_script = Script("apply_index", APPLY_INDEX)
-# Cluster mode: drop a session's outbox entries up to ARGV[1] ("<epoch>-<n>", applied).
+# Cluster mode: drop a session's outbox entries up to ARGV[1] ("<epoch>-<n>", applied). The
+# hash itself stays, holding only its numbering, until it expires with the session's
+# retention: deleted, the next outbox opened a new epoch from the server's clock, and a clock
+# behind the old epoch (a failover, a step back) numbered every entry below what the index had
+# applied, so all of them were skipped.
 outbox_ack_script = Script(
     "outbox_ack",
     r"""
@@ -930,7 +938,6 @@ local e, n = string.match(ARGV[1], '^(%d+)-(%d+)$')
 if not box[1] or e ~= box[1] then return 0 end
 n = math.min(tonumber(n), tonumber(box[3]))
 for i = tonumber(box[2]), n do redis.call('HDEL', KEYS[1], i) end
-if n >= tonumber(box[3]) then return redis.call('DEL', KEYS[1]) end
 if n >= tonumber(box[2]) then redis.call('HSET', KEYS[1], 'lo', n + 1) end
 return 1
 """,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from coordination import AgentCoordinator, AtomicOperations, SessionIndex
+from coordination.core.connection import is_cluster
 
 from ..conftest import redis_url_of_kind
 
@@ -26,3 +27,11 @@ def make(redis_url, namespace):
 
 # Every core test runs on one Redis server and on a Redis Cluster.
 redis_url = pytest.fixture(params=["single", "cluster"])(redis_url_of_kind)
+
+
+def left_after_clear(coord) -> set[str]:
+    """The keys of a session that a clear leaves: none on one server; on a Cluster (where a
+    script may be re-sent) the clear's operation outcome and the outbox's numbering, neither
+    holding the session's data, both expiring (test_control checks what they hold)."""
+    keys = coord.keys.session(coord.session_id)
+    return {keys.ops, keys.outbox} if is_cluster(coord.redis) else set()

@@ -42,13 +42,14 @@ async def test_outbox_numbers_go_on_after_everything_was_applied(redis_cluster_u
 async def test_an_outbox_reopened_after_a_clear_in_the_same_millisecond_is_applied(
     redis_cluster_url,
 ):
-    # A clear deletes the session's outbox once applied; the next write opens a new one. Its
-    # numbers must come after everything the index applied for the session, even when the old
-    # outbox was opened in the same millisecond (write, clear, write: six round trips, under a
-    # millisecond on a fast network). Each round below sets the index's record to an entry of
-    # an outbox opened in the server's current millisecond, as that old outbox would have left
-    # it, then writes: with epochs in milliseconds the new entry landed in the same millisecond
-    # in most rounds, was skipped as applied, and the index kept the session cleared.
+    # A clear used to delete the session's outbox once applied, and the next write opened a
+    # new one. Its numbers must come after everything the index applied for the session, even
+    # when the old outbox was opened in the same millisecond (write, clear, write: six round
+    # trips, under a millisecond on a fast network). Each round below sets the index's record
+    # to an entry of an outbox opened in the server's current millisecond, as that old outbox
+    # would have left it, deletes the outbox as a clear did, then writes: with epochs in
+    # milliseconds the new entry landed in the same millisecond in most rounds, was skipped as
+    # applied, and the index kept the session cleared.
     namespace = f"outbox-{uuid.uuid4().hex[:12]}"
     coord = AgentCoordinator("s-clr", redis_cluster_url, namespace=namespace)
     index = SessionIndex(redis_cluster_url, namespace=namespace)
@@ -58,7 +59,7 @@ async def test_an_outbox_reopened_after_a_clear_in_the_same_millisecond_is_appli
         for _ in range(20):
             await coord.publish(EventType.HANDOFF_READY, {})
             await coord.clear()
-            assert await admin.exists(coord.keys.session("s-clr").outbox) == 0
+            await admin.delete(coord.keys.session("s-clr").outbox)  # as a clear did
             record = json.loads(await admin.hget(applied, "s-clr"))
             seconds, micros = await admin.time()
             record[3] = f"{seconds * 1000 + micros // 1000}-50"
@@ -87,8 +88,10 @@ async def test_an_outbox_opened_by_an_older_version_after_a_clear_is_applied(red
         await coord.clear()
         record = json.loads(await admin.hget(coord.keys.applied, "s-old"))
         assert len(record[3].split("-")[0]) == 16  # this version's epochs: microseconds
-        # an older process opens the next outbox, a millisecond later than the clear's
+        # an older process deleted the outbox after the clear, and opens the next one, a
+        # millisecond later than the clear's
         micros = int(record[3].split("-")[0])
+        await admin.delete(outbox)
         await admin.hset(outbox, mapping={"e": str(micros // 1000 + 1), "lo": "1"})
         await coord.publish(EventType.HANDOFF_READY, {})
         assert await admin.hget(outbox, "n") == "1"

@@ -22,6 +22,8 @@ from coordination import (
 )
 from coordination.core.connection import is_cluster
 
+from .conftest import left_after_clear
+
 
 async def test_two_supervisors_race_to_take_over_one_wins_other_learns_who(make):
     a, b = make.coordinator("s-take"), make.coordinator("s-take")
@@ -139,7 +141,7 @@ async def test_agent_presence_from_agent_ready_and_heartbeat(make):
     assert agent.load == 0.5 and agent.sessions_held == 1 and not agent.stale
 
 
-async def test_clear_removes_one_session_atomically_and_nothing_else(make, ns_keys):
+async def test_clear_removes_one_session_atomically_and_nothing_else(make, ns_keys, redis_sync):
     keep, gone = make.coordinator("s-keep"), make.coordinator("s-gone")
     await keep.publish(EventType.MESSAGE, {})
     await gone.publish(EventType.MESSAGE, {})
@@ -148,7 +150,13 @@ async def test_clear_removes_one_session_atomically_and_nothing_else(make, ns_ke
     await gone.escalate("x")
     await gone.clear()
     remaining = ns_keys()
-    assert not remaining & set(gone.keys.session("s-gone").all())
+    keys = gone.keys.session("s-gone")
+    assert remaining & set(keys.all()) == left_after_clear(gone)
+    if is_cluster(gone.redis):
+        assert set(redis_sync.hgetall(keys.outbox)) == {"e", "lo", "n"}
+        [outcome] = redis_sync.hvals(keys.ops)
+        assert redis_sync.pttl(keys.ops) > 0 and redis_sync.pttl(keys.outbox) > 0
+        assert json.loads(outcome) > 0  # the clear's: the number of keys it deleted
     assert {keep.keys.session("s-keep").events, keep.keys.session("s-keep").meta} <= remaining
     assert await make.index().get_session("s-gone") is None
     assert [s.session_id for s in (await make.index().list_sessions()).sessions] == ["s-keep"]
