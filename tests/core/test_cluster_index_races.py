@@ -1,5 +1,6 @@
-"""The Cluster index's second step against clears, retries and clocks (a hostile review's
-reproductions: each failed before its fix)."""
+"""The Cluster index's second step against clears, retries and clocks, and prune against a
+session written again (on one server too): a hostile review's reproductions, each of which
+failed before its fix."""
 
 from __future__ import annotations
 
@@ -147,17 +148,15 @@ async def test_a_clear_retried_after_a_lost_index_answer_does_not_clear_a_newer_
         await _cleanup(admin, clearer, "s-retry")
 
 
-async def test_prune_does_not_clear_a_session_recreated_after_its_check(
-    redis_cluster_url, monkeypatch
-):
+async def test_prune_does_not_clear_a_session_recreated_after_its_check(redis_url, monkeypatch):
     # prune() reads EXISTS meta for the expired sessions, then runs the unconditional CLEAR
     # script for those without. A session re-created in between (an agent writes to an id that
     # has just expired) is cleared: its new events, state and claim are deleted.
     namespace = _ns()
-    short = AgentCoordinator("s-prune", redis_cluster_url, namespace=namespace, retention=1.0)
-    agent = AgentCoordinator("s-prune", redis_cluster_url, namespace=namespace)
-    index = SessionIndex(redis_cluster_url, namespace=namespace, retention=1.0)
-    admin = connection.new_client(redis_cluster_url)
+    short = AgentCoordinator("s-prune", redis_url, namespace=namespace, retention=1.0)
+    agent = AgentCoordinator("s-prune", redis_url, namespace=namespace)
+    index = SessionIndex(redis_url, namespace=namespace, retention=1.0)
+    admin = connection.new_client(redis_url)
     meta = short.keys.session("s-prune").meta
     try:
         await short.publish(EventType.MESSAGE, {"old": True})
