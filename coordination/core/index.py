@@ -640,8 +640,11 @@ class SessionIndex(RedisBacked):
 
     async def _prune_tombstones(self, cutoff_ms: int, batch: int) -> None:
         """Cluster mode: a cleared session leaves ``[last id, "", ""]`` in the applied-state
-        hash, so that a late index update from before the clear cannot bring it back. Past the
-        retention no such update can be pending; one HSCAN page per call walks the hash."""
+        hash, so that a late index update from before the clear cannot bring it back. Such
+        updates wait in the session's outbox, so a record goes once it is past the retention
+        and its outbox has expired (which is a retention after the clear, and may be later
+        than the last event: pruned while entries were still there, an outbox whose clear
+        went unacknowledged had them applied a second time). One HSCAN page per call."""
         cursor, fields = await self.call(
             self.redis.hscan(self.keys.applied, self._tombstone_cursor, count=batch)
         )
@@ -652,5 +655,11 @@ class SessionIndex(RedisBacked):
             last_id, status = record[0], record[1]
             if status == "" and int(last_id.partition("-")[0]) < cutoff_ms:
                 stale.append(sid)
+        if stale:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in stale:
+                    pipe.exists(self.keys.session(sid).outbox)
+                outboxes = await self.call(pipe.execute())
+            stale = [sid for sid, left in zip(stale, outboxes, strict=True) if not left]
         if stale:
             await self.call(self.redis.hdel(self.keys.applied, *stale))

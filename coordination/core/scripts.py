@@ -334,6 +334,23 @@ if n - lo >= 1000 then
   for i = lo, n - 1000 do redis.call('HDEL', K_OUTBOX, i) end
   lo = n - 999
   redis.call('HSET', K_OUTBOX, 'lo', lo)
+  -- What went is feed entries and counts, and maybe the queue entry of an approval (one
+  -- ZADD, never repeated: the approval would wait unseen). The oldest kept entry queues every
+  -- approval still pending again, first; readers drop any decided since.
+  local requeue = {}
+  local approvals = redis.call('HGETALL', K_APPROVALS)
+  for i = 1, #approvals, 2 do
+    local ok, rec = pcall(cjson.decode, approvals[i + 1])
+    if ok and type(rec) == 'table' and rec.status == 'pending' then
+      local at = tonumber(rec.requested_ms) or 0
+      table.insert(requeue, {'ZADD', 'approvals', at, SID .. '\0' .. approvals[i]})
+    end
+  end
+  local kept = redis.call('HGET', K_OUTBOX, lo)
+  if #requeue > 0 and kept then
+    for _, op in ipairs(cjson.decode(kept)) do table.insert(requeue, op) end
+    redis.call('HSET', K_OUTBOX, lo, cjson.encode(requeue))
+  end
 end
 local pending = {}
 for i = lo, n do

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+
+import pytest
 
 from coordination import AgentCoordinator, EventType, SessionIndex
 from coordination.core import connection
@@ -179,3 +182,84 @@ async def test_prune_does_not_clear_a_session_recreated_after_its_check(redis_ur
         assert [json.loads(f["d"]) for _, f in events] == [{"new": True}]
     finally:
         await _cleanup(admin, agent, "s-prune")
+
+
+async def test_an_approval_requested_while_the_index_is_away_is_queued_after_a_trim(
+    redis_cluster_url, monkeypatch
+):
+    # The index slot is away; the session's writes go on and wait in its outbox, which keeps
+    # the newest 1,000. An approval's queue entry is one ZADD, never repeated: trimmed away,
+    # the approval stayed pending in its session but never showed in the queue.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from coordination import RedisUnavailable
+    from coordination.core import base
+    from coordination.core.scripts import apply_index_script
+
+    namespace = _ns()
+    coord = AgentCoordinator("s-trim", redis_cluster_url, namespace=namespace)
+    index = SessionIndex(redis_cluster_url, namespace=namespace)
+    admin = connection.new_client(redis_cluster_url)
+    real = base.run_cluster_script
+    away = {"on": True}
+
+    async def index_slot_away(client, script, *rest):
+        if away["on"] and script is apply_index_script:
+            raise RedisConnectionError("the index slot is away")
+        return await real(client, script, *rest)
+
+    monkeypatch.setattr(base, "run_cluster_script", index_slot_away)
+    monkeypatch.setattr(base, "CLUSTER_RETRY_SECONDS", 0.0)
+    try:
+        with pytest.raises(RedisUnavailable):
+            await coord.request_approval("refund", {"amount": 5}, approval_id="a-1")
+        for i in range(1000):
+            with pytest.raises(RedisUnavailable):
+                await coord.publish(EventType.MESSAGE, {"i": i})
+        away["on"] = False
+        await coord.publish(EventType.MESSAGE, {"back": True})
+        page = await index.pending_approvals()
+        assert [(a.session_id, a.approval_id) for a in page.approvals] == [("s-trim", "a-1")]
+        # and a decision still takes it out of the queue
+        await coord.decide("a-1", True, by="sup")
+        assert (await index.pending_approvals()).approvals == []
+    finally:
+        await _cleanup(admin, coord, "s-trim")
+
+
+async def test_entries_of_a_cleared_session_are_not_applied_twice_after_its_record_is_pruned(
+    redis_cluster_url, monkeypatch
+):
+    # A clear by a process that has not seen the session's entries acknowledged, whose own
+    # acknowledgement then fails: the outbox keeps the applied entries until it expires, a
+    # retention after the clear. prune() dropped the clear's record once the session's last
+    # event was past the retention, which can be sooner; the next write (another process)
+    # then had the old entries applied again: the event twice in the feed, counted twice.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from coordination.core import base
+
+    namespace = _ns()
+    agent = AgentCoordinator("s-twice", redis_cluster_url, namespace=namespace)
+    admin = connection.new_client(redis_cluster_url)
+
+    async def ack_lost(*args, **kwargs):
+        raise RedisConnectionError("answer lost")
+
+    try:
+        await agent.publish(EventType.MESSAGE, {"once": True})
+        base._acked.clear()  # the clear comes from a process that has acknowledged nothing
+        monkeypatch.setattr(base, "outbox_ack_script", ack_lost)
+        await AgentCoordinator("s-twice", redis_cluster_url, namespace=namespace).clear()
+        monkeypatch.undo()
+        later = time.time() + agent.retention_ms / 1000 + 60
+        index = SessionIndex(redis_cluster_url, namespace=namespace, clock=lambda: later)
+        await index.prune()
+        counted = (await index.counters())["events:message"]
+        feed = await admin.xlen(agent.keys.feed)
+        base._acked.clear()  # and the next write from another process
+        await agent.publish(EventType.HANDOFF_READY, {})
+        assert await admin.xlen(agent.keys.feed) == feed + 1
+        assert (await index.counters())["events:message"] == counted
+    finally:
+        await _cleanup(admin, agent, "s-twice")

@@ -231,5 +231,11 @@ async def test_prune_forgets_what_a_cleared_session_left_in_the_cluster_index(
         # on a Cluster the clear leaves a tombstone that fences late index updates
         assert json.loads(redis_sync.hget(applied, "cleared"))[1] == ""
     await past.prune()
+    if is_cluster(past.redis):
+        # while the session's outbox lasts (a retention after the clear) entries may still
+        # come from it: the tombstone stays until it has expired
+        assert redis_sync.hexists(applied, "cleared")
+        redis_sync.delete(coord.keys.session("cleared").outbox)  # as its expiry would
+        await past.prune()
     assert not redis_sync.hexists(applied, "cleared")
     assert (await past.list_sessions()).sessions == []
