@@ -96,7 +96,7 @@ local SID, STREAM_CAP, FEED_CAP, RETENTION
 local K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS
 local K_OPS, K_OPS_PREV, K_OUTBOX, OP
 local STATUSES = {'active', 'waiting', 'escalated', 'human', 'closed'}
-local CLEARED_ID, NOW_MS, NOW_US
+local CLEARED_ID, NOW_MS, NOW_CLOCK
 
 local function setup(KEYS, ARGV)
   SID, STREAM_CAP, FEED_CAP, RETENTION = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -104,7 +104,7 @@ local function setup(KEYS, ARGV)
   K_APPROVALS, K_RUNS = KEYS[6], KEYS[7]
   K_OPS, K_OPS_PREV, K_OUTBOX = KEYS[8], KEYS[9], KEYS[10]
   OP = ARGV[#ARGV]
-  CLEARED_ID, NOW_MS, NOW_US = nil, nil, nil
+  CLEARED_ID, NOW_MS, NOW_CLOCK = nil, nil, nil
   bind(KEYS)
 end
 
@@ -134,7 +134,7 @@ local function now()
   if NOW_MS == nil then
     local clock = redis.call('TIME')
     NOW_MS = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-    NOW_US = clock[1] .. string.format('%06d', tonumber(clock[2]))
+    NOW_CLOCK = clock
   end
   return NOW_MS
 end
@@ -305,7 +305,8 @@ if result == nil then
     -- the outbox on a clear, and an epoch in ms opened again in the clear's millisecond
     -- restarted below what the index had applied; APPLY_INDEX scales their epochs.)
     now()
-    if redis.call('HSETNX', K_OUTBOX, 'e', NOW_US) == 1 then
+    local epoch = NOW_CLOCK[1] .. string.format('%06d', tonumber(NOW_CLOCK[2]))
+    if redis.call('HSETNX', K_OUTBOX, 'e', epoch) == 1 then
       redis.call('HSET', K_OUTBOX, 'lo', 1)
     end
     local n = redis.call('HINCRBY', K_OUTBOX, 'n', 1)
