@@ -10,9 +10,11 @@ import time
 import uuid
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from coordination import AgentCoordinator, EventType, SessionIndex
-from coordination.core import connection
+from coordination import AgentCoordinator, EventType, RedisUnavailable, SessionIndex
+from coordination.core import base, connection
+from coordination.core.scripts import apply_index_script
 from tests.waiting import eventually
 
 
@@ -114,15 +116,10 @@ async def test_a_write_after_a_clear_numbers_on_in_the_same_outbox(redis_cluster
 async def test_a_clear_retried_after_a_lost_index_answer_does_not_clear_a_newer_session(
     redis_cluster_url, monkeypatch
 ):
-    # clear() runs without an operation id (op_id=""). When its second step's answer is lost
-    # (the index slot's primary fails over, a connection drops), _run sends the whole
-    # operation again: the CLEAR script runs a second time. An agent that wrote to the session
-    # in between (re-creating it) loses everything: events, state, claim.
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    from coordination.core import base
-    from coordination.core.scripts import apply_index_script
-
+    # clear() ran without an operation id. When its second step's answer was lost (the index
+    # slot's primary fails over, a connection drops), _run sent the whole operation again: the
+    # CLEAR script ran a second time, and an agent that wrote to the session in between
+    # (re-creating it) lost everything: events, state, claim.
     namespace = _ns()
     clearer = AgentCoordinator("s-retry", redis_cluster_url, namespace=namespace)
     agent = AgentCoordinator("s-retry", redis_cluster_url, namespace=namespace)
@@ -152,9 +149,9 @@ async def test_a_clear_retried_after_a_lost_index_answer_does_not_clear_a_newer_
 
 
 async def test_prune_does_not_clear_a_session_recreated_after_its_check(redis_url, monkeypatch):
-    # prune() reads EXISTS meta for the expired sessions, then runs the unconditional CLEAR
-    # script for those without. A session re-created in between (an agent writes to an id that
-    # has just expired) is cleared: its new events, state and claim are deleted.
+    # prune() reads EXISTS meta for the expired sessions, then ran an unconditional CLEAR for
+    # those without. A session re-created in between (an agent writes to an id that has just
+    # expired) was cleared: its new events, state and claim deleted.
     namespace = _ns()
     short = AgentCoordinator("s-prune", redis_url, namespace=namespace, retention=1.0)
     agent = AgentCoordinator("s-prune", redis_url, namespace=namespace)
@@ -190,12 +187,6 @@ async def test_an_approval_requested_while_the_index_is_away_is_queued_after_a_t
     # The index slot is away; the session's writes go on and wait in its outbox, which keeps
     # the newest 1,000. An approval's queue entry is one ZADD, never repeated: trimmed away,
     # the approval stayed pending in its session but never showed in the queue.
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    from coordination import RedisUnavailable
-    from coordination.core import base
-    from coordination.core.scripts import apply_index_script
-
     namespace = _ns()
     coord = AgentCoordinator("s-trim", redis_cluster_url, namespace=namespace)
     index = SessionIndex(redis_cluster_url, namespace=namespace)
@@ -235,9 +226,6 @@ async def test_entries_of_a_cleared_session_are_not_applied_twice_after_its_reco
     # retention after the clear. prune() dropped the clear's record once the session's last
     # event was past the retention, which can be sooner; the next write (another process)
     # then had the old entries applied again: the event twice in the feed, counted twice.
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    from coordination.core import base
 
     namespace = _ns()
     agent = AgentCoordinator("s-twice", redis_cluster_url, namespace=namespace)
