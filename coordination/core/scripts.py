@@ -311,7 +311,14 @@ if result == nil then
     end
     local n = redis.call('HINCRBY', K_OUTBOX, 'n', 1)
     redis.call('HSET', K_OUTBOX, n, cjson.encode(OPS))
-    redis.call('PEXPIRE', K_OUTBOX, RETENTION)
+    if CLEARED_ID == '' then
+      -- prune of a session whose keys had expired: its outbox is kept only until the DROP is
+      -- applied and for a margin past any clock skew, not a whole retention (prune is there
+      -- to reclaim memory; the index's record of it goes when the outbox has expired)
+      redis.call('PEXPIRE', K_OUTBOX, math.min(RETENTION, @WINDOW@))
+    else
+      redis.call('PEXPIRE', K_OUTBOX, RETENTION)
+    end
   end
   op_done(result)
 end
@@ -343,13 +350,18 @@ if n - lo >= 1000 then
   for i = 1, #approvals, 2 do
     local ok, rec = pcall(cjson.decode, approvals[i + 1])
     if ok and type(rec) == 'table' and rec.status == 'pending' then
+      -- a record written around the core may hold anything: a score must be a finite number
+      -- (cjson refuses to encode inf and NaN, and the write would fail after it was made)
       local at = tonumber(rec.requested_ms) or 0
+      if at ~= at or at == math.huge or at == -math.huge then at = 0 end
       table.insert(requeue, {'ZADD', 'approvals', at, SID .. '\0' .. approvals[i]})
     end
   end
-  local kept = redis.call('HGET', K_OUTBOX, lo)
-  if #requeue > 0 and kept then
-    for _, op in ipairs(cjson.decode(kept)) do table.insert(requeue, op) end
+  if #requeue > 0 then
+    local kept = redis.call('HGET', K_OUTBOX, lo)
+    if kept then
+      for _, op in ipairs(cjson.decode(kept)) do table.insert(requeue, op) end
+    end
     redis.call('HSET', K_OUTBOX, lo, cjson.encode(requeue))
   end
 end
@@ -362,7 +374,7 @@ for i = lo, n do
   end
 end
 return {result, pending}
-"""
+""".replace("@WINDOW@", str(OP_WINDOW_MS))
 
 # Cluster mode, second step, on the index slot. KEYS: the global keys, then the applied-state
 # hash. ARGV[1]: the session id; then pairs of an outbox entry's number and its operations
@@ -721,7 +733,10 @@ idx('ZREM', 'activity', SID)
 idx('ZREM', 'names', SID)
 idx('ZREM', 'esc', SID)
 for _, aid in ipairs(redis.call('HKEYS', K_APPROVALS)) do idx('ZREM', 'approvals', SID .. '\0' .. aid) end
-return redis.call('DEL', K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS, K_OPS, K_OPS_PREV)
+-- The operation ids' outcomes stay (they expire within 2 x the op window): deleted, a retry
+-- across this clear (an answer lost before it) would act a second time: a publish fed twice,
+-- an earlier clear clearing what was written since.
+return redis.call('DEL', K_EVENTS, K_META, K_CLAIM, K_STATE, K_VERSIONS, K_APPROVALS, K_RUNS)
 """
 
 # An approval record is JSON written by cjson here. Values given as JSON text (args, reason,

@@ -30,8 +30,10 @@ redis_url = pytest.fixture(params=["single", "cluster"])(redis_url_of_kind)
 
 
 def left_after_clear(coord) -> set[str]:
-    """The keys of a session that a clear leaves: none on one server; on a Cluster (where a
-    script may be re-sent) the clear's operation outcome and the outbox's numbering, neither
-    holding the session's data, both expiring (test_control checks what they hold)."""
+    """The keys of a session that a clear leaves: none on one server through the core's own
+    client (no operation ids there unless the caller gives idempotency keys); on a Cluster,
+    where a script may be re-sent, the outcomes of its recent operations (so a retry across the
+    clear does not act again) and the outbox's numbering, both expiring (test_control checks
+    what they hold)."""
     keys = coord.keys.session(coord.session_id)
     return {keys.ops, keys.outbox} if is_cluster(coord.redis) else set()

@@ -12,10 +12,18 @@ import uuid
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from coordination import AgentCoordinator, EventType, RedisUnavailable, SessionIndex
-from coordination.core import base, connection
+from coordination import (
+    AgentCoordinator,
+    CoordinationError,
+    EventType,
+    RedisUnavailable,
+    SessionIndex,
+)
+from coordination.core import base, connection, scripts
 from coordination.core.scripts import apply_index_script
 from tests.waiting import eventually
+
+BENIGN = json.dumps([["COUNT", "review"]])
 
 
 def _ns() -> str:
@@ -251,3 +259,166 @@ async def test_entries_of_a_cleared_session_are_not_applied_twice_after_its_reco
         assert (await index.counters())["events:message"] == counted
     finally:
         await _cleanup(admin, agent, "s-twice")
+
+
+async def _fill_outbox_to_trim(admin, outbox):
+    """Entries 2..1000 (benign), so the next write (1001, nothing acknowledged) trims."""
+    await admin.hset(outbox, mapping={**{str(i): BENIGN for i in range(2, 1001)}, "n": "1000"})
+
+
+async def test_a_pending_approval_record_with_an_infinite_time_wedges_the_sessions_writes(
+    redis_cluster_url,
+):
+    # The requeue decoded each approvals record under pcall, but encoded the requeued ZADDs
+    # without it: a record whose requested_ms decodes to inf (1e999) or NaN made cjson.encode
+    # raise after the body and the outbox writes were done (no rollback). Every later write of
+    # the session was stored and reported as refused, for as long as the outbox trimmed.
+    namespace = _ns()
+    coord = AgentCoordinator("s-inf", redis_cluster_url, namespace=namespace)
+    admin = connection.new_client(redis_cluster_url)
+    keys = coord.keys.session("s-inf")
+    try:
+        await coord.publish(EventType.MESSAGE, {"first": True})
+        base._acked.pop(keys.outbox, None)  # the next write comes from another process
+        await _fill_outbox_to_trim(admin, keys.outbox)
+        await admin.hset(
+            keys.approvals, "bad", '{"id":"bad","status":"pending","requested_ms":1e999}'
+        )
+        stored = await admin.xlen(keys.events)
+        errors = []
+        for i in range(3):
+            try:
+                await coord.publish(EventType.MESSAGE, {"later": i})
+            except CoordinationError as exc:
+                errors.append(str(exc)[-60:])
+        assert not errors, (errors, await admin.xlen(keys.events) - stored, "events stored")
+    finally:
+        await _cleanup(admin, coord, "s-inf")
+
+
+async def test_a_pending_approval_is_not_requeued_when_the_oldest_kept_entry_is_missing(
+    redis_cluster_url, monkeypatch
+):
+    # When the entry the trim keeps first was absent (removed around the core), the requeue
+    # was dropped silently and the approval (its one ZADD trimmed) never showed in the queue.
+    namespace = _ns()
+    coord = AgentCoordinator("s-miss", redis_cluster_url, namespace=namespace)
+    index = SessionIndex(redis_cluster_url, namespace=namespace)
+    admin = connection.new_client(redis_cluster_url)
+    outbox = coord.keys.session("s-miss").outbox
+    real = base.run_cluster_script
+    away = {"on": True}
+
+    async def index_slot_away(client, script, *rest):
+        if away["on"] and script is apply_index_script:
+            raise RedisConnectionError("the index slot is away")
+        return await real(client, script, *rest)
+
+    monkeypatch.setattr(base, "run_cluster_script", index_slot_away)
+    monkeypatch.setattr(base, "CLUSTER_RETRY_SECONDS", 0.0)
+    try:
+        with pytest.raises(RedisUnavailable):
+            await coord.request_approval("refund", {"amount": 5}, approval_id="a-1")
+        await _fill_outbox_to_trim(admin, outbox)
+        await admin.hdel(outbox, "2")  # the entry the trim keeps first
+        away["on"] = False
+        await coord.publish(EventType.MESSAGE, {"back": True})
+        page = await index.pending_approvals()
+        assert [(a.session_id, a.approval_id) for a in page.approvals] == [("s-miss", "a-1")]
+    finally:
+        await _cleanup(admin, coord, "s-miss")
+
+
+async def test_a_clear_retried_after_another_clear_does_not_clear_the_newer_session(
+    redis_cluster_url, monkeypatch
+):
+    # clear() carries an op id so that its retry returns the first outcome. But every clear
+    # deleted the ops hashes: a second clear (another process) between the first one's lost
+    # answer and its retry wiped the first one's id, and the retry cleared again, deleting
+    # what the agent wrote after the second clear.
+    namespace = _ns()
+    clearer = AgentCoordinator("s-cc", redis_cluster_url, namespace=namespace)
+    other = AgentCoordinator("s-cc", redis_cluster_url, namespace=namespace)
+    agent = AgentCoordinator("s-cc", redis_cluster_url, namespace=namespace)
+    admin = connection.new_client(redis_cluster_url)
+    real = base.run_cluster_script
+    armed = {"on": False}
+
+    async def flaky(client, script, keys, args, *rest):
+        result = await real(client, script, keys, args, *rest)
+        if armed["on"] and script is apply_index_script:
+            armed["on"] = False
+            await agent.publish(EventType.MESSAGE, {"w": 1})
+            await other.clear()
+            await agent.publish(EventType.HANDOFF_READY, {"w": 2})
+            raise RedisConnectionError("answer lost")
+        return result
+
+    monkeypatch.setattr(base, "run_cluster_script", flaky)
+    try:
+        await agent.publish(EventType.MESSAGE, {"before": "clear"})
+        armed["on"] = True
+        await clearer.clear()
+        assert not armed["on"]
+        events = await admin.xrange(clearer.keys.session("s-cc").events)
+        assert [json.loads(f["d"]) for _, f in events] == [{"w": 2}]
+    finally:
+        await _cleanup(admin, clearer, "s-cc")
+
+
+async def test_a_publish_retried_across_a_clear_is_not_fed_twice(redis_cluster_url, monkeypatch):
+    # (older than the day's changes, same cause) a publish whose index answer is lost; a
+    # clear by another process applies the publish's entry (feed) and deleted the ops hash
+    # holding its outcome; the retry found no outcome and published again: the event was in
+    # the feed twice and the cleared session re-created by a retry.
+    namespace = _ns()
+    agent = AgentCoordinator("s-pc", redis_cluster_url, namespace=namespace)
+    clearer = AgentCoordinator("s-pc", redis_cluster_url, namespace=namespace)
+    admin = connection.new_client(redis_cluster_url)
+    real = base.run_cluster_script
+    armed = {"on": False}
+
+    async def flaky(client, script, keys, args, *rest):
+        result = await real(client, script, keys, args, *rest)
+        if armed["on"] and script is apply_index_script:
+            armed["on"] = False
+            await clearer.clear()
+            raise RedisConnectionError("answer lost")
+        return result
+
+    monkeypatch.setattr(base, "run_cluster_script", flaky)
+    try:
+        armed["on"] = True
+        await agent.publish(EventType.MESSAGE, {"once": True})
+        assert not armed["on"]
+        feed = await admin.xrange(agent.keys.feed)
+        onces = [f for _, f in feed if json.loads(f["d"]) == {"once": True}]
+        assert len(onces) == 1, feed
+    finally:
+        await _cleanup(admin, agent, "s-pc")
+
+
+async def test_prune_of_an_expired_session_keeps_its_outbox_only_briefly(
+    redis_cluster_url,
+):
+    # A session that expired (its outbox with it, same TTL): prune's CLEAR writes a DROP entry,
+    # which opened a new outbox for a whole retention (7 days by default), its applied record
+    # kept as long (_prune_tombstones waits for the outbox): prune, whose job is to reclaim
+    # memory, grew it. The outbox now lasts at most the op window, long enough for the DROP
+    # to be applied and past any clock skew.
+    namespace = _ns()
+    coord = AgentCoordinator("s-pr", redis_cluster_url, namespace=namespace)
+    admin = connection.new_client(redis_cluster_url)
+    keys = coord.keys.session("s-pr")
+    try:
+        await coord.publish(EventType.MESSAGE, {})
+        await admin.delete(*keys.all())  # expired (every key of the session, outbox included)
+        later = time.time() + coord.retention_ms / 1000 + 60
+        index = SessionIndex(redis_cluster_url, namespace=namespace, clock=lambda: later)
+        assert await index.prune() == 1
+        left = {k: await admin.pttl(k) for k in keys.all() if await admin.exists(k)}
+        assert set(left) == {keys.outbox}
+        assert 0 < left[keys.outbox] <= scripts.OP_WINDOW_MS
+        assert set(await admin.hgetall(keys.outbox)) == {"e", "lo", "n"}
+    finally:
+        await _cleanup(admin, coord, "s-pr")
