@@ -42,6 +42,39 @@ async def _cleanup(admin, coord, *sids):
     await admin.aclose()
 
 
+def lose_next_index_answer(monkeypatch, meanwhile) -> dict:
+    """Once ``armed["on"]`` is set, the next index step runs, then ``meanwhile()`` (what other
+    writers do before the retry), then its answer is lost; ``armed["on"]`` is cleared."""
+    real = base.run_cluster_script
+    armed = {"on": False}
+
+    async def flaky(client, script, *rest):
+        result = await real(client, script, *rest)
+        if armed["on"] and script is apply_index_script:
+            armed["on"] = False
+            await meanwhile()
+            raise RedisConnectionError("answer lost")
+        return result
+
+    monkeypatch.setattr(base, "run_cluster_script", flaky)
+    return armed
+
+
+def index_slot_away(monkeypatch) -> dict:
+    """Every index step fails (and is not retried) while ``away["on"]``, set at first."""
+    real = base.run_cluster_script
+    away = {"on": True}
+
+    async def unreachable(client, script, *rest):
+        if away["on"] and script is apply_index_script:
+            raise RedisConnectionError("the index slot is away")
+        return await real(client, script, *rest)
+
+    monkeypatch.setattr(base, "run_cluster_script", unreachable)
+    monkeypatch.setattr(base, "CLUSTER_RETRY_SECONDS", 0.0)
+    return away
+
+
 async def test_a_session_recreated_in_the_clears_millisecond_with_a_lower_first_id_is_indexed(
     redis_cluster_url,
 ):
@@ -132,19 +165,12 @@ async def test_a_clear_retried_after_a_lost_index_answer_does_not_clear_a_newer_
     clearer = AgentCoordinator("s-retry", redis_cluster_url, namespace=namespace)
     agent = AgentCoordinator("s-retry", redis_cluster_url, namespace=namespace)
     admin = connection.new_client(redis_cluster_url)
-    real = base.run_cluster_script
-    armed = {"on": False}
 
-    async def flaky(client, script, keys, args, *rest):
-        result = await real(client, script, keys, args, *rest)
-        if armed["on"] and script is apply_index_script:
-            armed["on"] = False
-            # between the lost answer and the retry, the agent writes to the session
-            await agent.publish(EventType.HANDOFF_READY, {"after": "clear"})
-            raise RedisConnectionError("answer lost")
-        return result
+    async def meanwhile():
+        # between the lost answer and the retry, the agent writes to the session
+        await agent.publish(EventType.HANDOFF_READY, {"after": "clear"})
 
-    monkeypatch.setattr(base, "run_cluster_script", flaky)
+    armed = lose_next_index_answer(monkeypatch, meanwhile)
     try:
         await agent.publish(EventType.MESSAGE, {"before": "clear"})
         armed["on"] = True
@@ -199,16 +225,7 @@ async def test_an_approval_requested_while_the_index_is_away_is_queued_after_a_t
     coord = AgentCoordinator("s-trim", redis_cluster_url, namespace=namespace)
     index = SessionIndex(redis_cluster_url, namespace=namespace)
     admin = connection.new_client(redis_cluster_url)
-    real = base.run_cluster_script
-    away = {"on": True}
-
-    async def index_slot_away(client, script, *rest):
-        if away["on"] and script is apply_index_script:
-            raise RedisConnectionError("the index slot is away")
-        return await real(client, script, *rest)
-
-    monkeypatch.setattr(base, "run_cluster_script", index_slot_away)
-    monkeypatch.setattr(base, "CLUSTER_RETRY_SECONDS", 0.0)
+    away = index_slot_away(monkeypatch)
     try:
         with pytest.raises(RedisUnavailable):
             await coord.request_approval("refund", {"amount": 5}, approval_id="a-1")
@@ -306,16 +323,7 @@ async def test_a_pending_approval_is_not_requeued_when_the_oldest_kept_entry_is_
     index = SessionIndex(redis_cluster_url, namespace=namespace)
     admin = connection.new_client(redis_cluster_url)
     outbox = coord.keys.session("s-miss").outbox
-    real = base.run_cluster_script
-    away = {"on": True}
-
-    async def index_slot_away(client, script, *rest):
-        if away["on"] and script is apply_index_script:
-            raise RedisConnectionError("the index slot is away")
-        return await real(client, script, *rest)
-
-    monkeypatch.setattr(base, "run_cluster_script", index_slot_away)
-    monkeypatch.setattr(base, "CLUSTER_RETRY_SECONDS", 0.0)
+    away = index_slot_away(monkeypatch)
     try:
         with pytest.raises(RedisUnavailable):
             await coord.request_approval("refund", {"amount": 5}, approval_id="a-1")
@@ -341,20 +349,13 @@ async def test_a_clear_retried_after_another_clear_does_not_clear_the_newer_sess
     other = AgentCoordinator("s-cc", redis_cluster_url, namespace=namespace)
     agent = AgentCoordinator("s-cc", redis_cluster_url, namespace=namespace)
     admin = connection.new_client(redis_cluster_url)
-    real = base.run_cluster_script
-    armed = {"on": False}
 
-    async def flaky(client, script, keys, args, *rest):
-        result = await real(client, script, keys, args, *rest)
-        if armed["on"] and script is apply_index_script:
-            armed["on"] = False
-            await agent.publish(EventType.MESSAGE, {"w": 1})
-            await other.clear()
-            await agent.publish(EventType.HANDOFF_READY, {"w": 2})
-            raise RedisConnectionError("answer lost")
-        return result
+    async def meanwhile():
+        await agent.publish(EventType.MESSAGE, {"w": 1})
+        await other.clear()
+        await agent.publish(EventType.HANDOFF_READY, {"w": 2})
 
-    monkeypatch.setattr(base, "run_cluster_script", flaky)
+    armed = lose_next_index_answer(monkeypatch, meanwhile)
     try:
         await agent.publish(EventType.MESSAGE, {"before": "clear"})
         armed["on"] = True
@@ -375,18 +376,11 @@ async def test_a_publish_retried_across_a_clear_is_not_fed_twice(redis_cluster_u
     agent = AgentCoordinator("s-pc", redis_cluster_url, namespace=namespace)
     clearer = AgentCoordinator("s-pc", redis_cluster_url, namespace=namespace)
     admin = connection.new_client(redis_cluster_url)
-    real = base.run_cluster_script
-    armed = {"on": False}
 
-    async def flaky(client, script, keys, args, *rest):
-        result = await real(client, script, keys, args, *rest)
-        if armed["on"] and script is apply_index_script:
-            armed["on"] = False
-            await clearer.clear()
-            raise RedisConnectionError("answer lost")
-        return result
+    async def meanwhile():
+        await clearer.clear()
 
-    monkeypatch.setattr(base, "run_cluster_script", flaky)
+    armed = lose_next_index_answer(monkeypatch, meanwhile)
     try:
         armed["on"] = True
         await agent.publish(EventType.MESSAGE, {"once": True})
