@@ -338,8 +338,8 @@ class RedisBacked:
         if pending:
             await self._apply_index(client, session_id, outbox, pending)
             if script is clear_session_script:
-                # a cleared session leaves no data behind: its outbox's entries go once
-                # applied (the hash keeps its numbering until the retention ends)
+                # the outbox's entries (they hold event data) go once applied; the hash
+                # keeps its numbering until the retention ends
                 try:
                     await outbox_ack_script(client, [outbox], [pending[-2]])
                 except (*UNAVAILABLE_ERRORS, ResponseError):

@@ -500,8 +500,10 @@ class AgentCoordinator(ApprovalsMixin, RedisBacked):
 
         Where a script may be sent again (Redis Cluster, Sentinel, a caller's client) it
         carries an operation id, so a retry after a lost answer cannot clear the session a
-        second time once an agent has written to it again; there the id's outcome and the
-        outbox's numbering outlive the clear (no data, expiring within the retention)."""
+        second time once an agent has written to it again. The outcomes of the session's
+        recent operations outlive the clear for up to 2 x the op window (a retry across it
+        must find them), and on a Cluster the outbox's numbering for a retention
+        (docs/reliability.md)."""
         await self._run(clear_session_script, self.session_id, "")
 
 
