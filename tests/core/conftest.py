@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from coordination import AgentCoordinator, AtomicOperations, SessionIndex
-from coordination.core.connection import is_cluster
+from coordination.core.connection import is_cluster, new_client
 
 from ..conftest import redis_url_of_kind
 
@@ -37,3 +37,16 @@ def left_after_clear(coord) -> set[str]:
     what they hold)."""
     keys = coord.keys.session(coord.session_id)
     return {keys.ops, keys.outbox} if is_cluster(coord.redis) else set()
+
+
+# For the tests of what only a Cluster has (the two-step index): ``make``, ``namespace`` and
+# ``admin`` then all point at the Cluster.
+cluster_only = pytest.mark.parametrize("redis_url", ["cluster"], indirect=True)
+
+
+@pytest.fixture
+async def admin(redis_url):
+    """A plain client of the test's Redis, for reading and arranging keys around the core."""
+    client = new_client(redis_url)
+    yield client
+    await client.aclose()
